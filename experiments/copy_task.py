@@ -71,8 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --workdir")
   p.add_argument("--steps", type=positive_int, default=50_000, help="maximum training steps")
   p.add_argument("--max-minutes", type=positive_float, default=10.0, help="training wall-time budget")
-  p.add_argument("--batch-size", type=positive_int, default=16)
-  p.add_argument("--optimizer", choices=["rmsprop", "adam"], default="adam",
+  p.add_argument("--batch-size", type=positive_int, default=1)
+  p.add_argument("--optimizer", choices=["rmsprop", "adam"], default="rmsprop",
                  help="'rmsprop' is the paper's (centred, decay 0.95, momentum 0.9)")
   p.add_argument("--lr", type=positive_float, default=None,
                  help="learning rate (default: 1e-4 for rmsprop, 1e-3 for adam)")

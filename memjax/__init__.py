@@ -1,5 +1,16 @@
-"""memjax: memory-augmented neural networks in JAX/Flax."""
+"""memjax: memory-augmented neural networks in JAX/Flax.
 
-from memjax import addressing, memory
+* :mod:`memjax.addressing` — NTM and LRUA addressing, pure single-example functions.
+* :mod:`memjax.memory` — read, erase/add write, LRUA write.
+* :class:`memjax.NTMCell` — the Neural Turing Machine as a ``flax.linen`` RNN cell.
+* :mod:`memjax.tasks` — copy, repeat copy, associative recall, built on device.
+* :mod:`memjax.training` — one generic optax/orbax training loop.
+* :mod:`memjax.data` — Omniglot loading and on-device episode samplers.
+"""
+
+from memjax import addressing, memory, tasks, training
+from memjax.ntm import NTMCell, NTMState, trajectory
 
 __version__ = "0.1.0"
+
+__all__ = ["NTMCell", "NTMState", "addressing", "memory", "tasks", "training", "trajectory"]
