@@ -156,7 +156,7 @@ def main(argv=None) -> dict:
   params = model.init(jax.random.key(args.seed), example.inputs)
 
   def loss_fn(p, key):
-    batch = sample(key, args.batch_size)
+    batch = training.shard_batch(sample(key, args.batch_size))
     return tasks.sequence_loss(model.apply(p, batch.inputs), batch)
 
   eval_key = jax.random.key(2**31 - 1)  # never a training key: those are fold_in(key(seed), step)
@@ -185,7 +185,9 @@ def main(argv=None) -> dict:
       loss_fn, params, optimizer, num_steps=args.steps, seed=args.seed, workdir=args.workdir,
       checkpoint_every=args.checkpoint_every, resume=args.resume, log_every=50,
       progress=not args.no_progress, eval_every=args.eval_every, eval_fn=eval_fn, stop_fn=stop_fn,
-      max_seconds=args.max_minutes * 60)
+      max_seconds=args.max_minutes * 60,
+      # Split the batch over all devices when it divides evenly (batch 1 runs on one).
+      mesh="auto" if args.batch_size % jax.device_count() == 0 else None)
   train_seconds = time.time() - t0
   params = state.params
 

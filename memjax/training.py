@@ -10,6 +10,15 @@ writes metrics as JSON lines, and shows a tqdm progress bar.
 
 A non-finite loss or gradient stops training with :class:`NonFiniteError`
 naming the step; the parameters of that step are never applied or saved.
+
+Data parallelism: :func:`fit` runs the step under a device mesh with one axis,
+``"data"`` (all devices by default; :func:`data_mesh`). Parameters and optimiser
+state are replicated; a loss function marks its batch with :func:`shard_batch`
+and XLA splits the batch — and the work — over the devices and all-reduces the
+gradients. The same code runs on one device (where :func:`shard_batch` is the
+identity) or many. Several hosts: call ``jax.distributed.initialize()`` in every
+process before training; ``jax.devices()`` then lists every host's devices, every
+process draws the same batch from the same key and keeps its own shard.
 """
 
 from __future__ import annotations
@@ -21,7 +30,9 @@ from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 LossFn = Callable[[Any, jax.Array], tuple[jax.Array, dict]]
 
@@ -63,15 +74,48 @@ def make_optimizer(name: str = "rmsprop", learning_rate: float | None = None, *,
   raise ValueError(f"argument `name`: expected 'rmsprop' or 'adam', got {name!r}")
 
 
+DATA_AXIS = "data"
+
+
+def data_mesh(devices=None) -> Mesh:
+  """A one-axis mesh named ``"data"`` over ``devices`` (default: all devices)."""
+  devices = jax.devices() if devices is None else list(devices)
+  return Mesh(np.asarray(devices), (DATA_AXIS,))
+
+
+def shard_batch(tree):
+  """Splits the leading (batch) axis of every array in ``tree`` over the data axis.
+
+  Call it on a batch inside a loss function. Outside a mesh with a ``"data"``
+  axis (e.g. one device, or a plain ``jax.jit``) it returns ``tree`` unchanged.
+
+  Raises:
+    ValueError: a batch axis is not divisible by the number of devices.
+  """
+  mesh = jax.sharding.get_abstract_mesh()
+  if mesh.empty or DATA_AXIS not in mesh.axis_names:
+    return tree
+  n = mesh.shape[DATA_AXIS]
+  if n == 1:
+    return tree
+  for leaf in jax.tree.leaves(tree):
+    if leaf.ndim == 0 or leaf.shape[0] % n:
+      raise ValueError(f"argument `tree`: batch axis of shape {list(leaf.shape)} cannot be split "
+                       f"over {n} devices; use a batch size divisible by {n} or train on one device")
+  return jax.tree.map(lambda x: jax.lax.with_sharding_constraint(x, PartitionSpec(DATA_AXIS)), tree)
+
+
 def init_state(params, optimizer: optax.GradientTransformation) -> TrainState:
   return TrainState(jnp.zeros((), jnp.int32), params, optimizer.init(params))
 
 
-def make_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, seed_key: jax.Array):
+def make_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, seed_key: jax.Array,
+              mesh: Mesh | None = None):
   """Returns ``step(state) -> (new_state, loss, metrics, finite)``, jitted.
 
   ``finite`` is False when the loss or any gradient is NaN/Inf; the returned
-  state is then the input state unchanged.
+  state is then the input state unchanged. With a ``mesh`` the step runs under
+  it (see :func:`shard_batch`) and the state stays replicated.
   """
 
   def step(state: TrainState):
@@ -85,7 +129,21 @@ def make_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, seed_key
     new = jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, state)
     return new, loss, metrics, finite
 
-  return jax.jit(step, donate_argnums=())
+  if mesh is None:
+    return jax.jit(step)
+  replicated = NamedSharding(mesh, PartitionSpec())
+  jitted = jax.jit(step, out_shardings=replicated)
+
+  def run(state):
+    with jax.set_mesh(mesh):
+      return jitted(state)
+
+  return run
+
+
+def replicate(tree, mesh: Mesh):
+  """Places every array of ``tree`` on all devices of ``mesh``."""
+  return jax.device_put(tree, NamedSharding(mesh, PartitionSpec()))
 
 
 class _Checkpointer:
@@ -139,7 +197,8 @@ def fit(loss_fn: LossFn, params, optimizer: optax.GradientTransformation, *, num
         resume: bool = False, log_every: int = 50, progress: bool = True,
         eval_every: int = 0, eval_fn: Callable[[Any, int], dict] | None = None,
         stop_fn: Callable[[dict], bool] | None = None,
-        max_seconds: float | None = None) -> tuple[TrainState, list[dict]]:
+        max_seconds: float | None = None,
+        mesh: Mesh | str | None = "auto") -> tuple[TrainState, list[dict]]:
   """Trains ``params`` to minimise ``loss_fn`` for ``num_steps`` steps.
 
   Args:
@@ -162,6 +221,8 @@ def fit(loss_fn: LossFn, params, optimizer: optax.GradientTransformation, *, num
       (after a checkpoint).
     max_seconds: stop (after a checkpoint) once this much training wall time
       has passed (compile time included).
+    mesh: ``"auto"`` — all devices when there are several, else none; a
+      :class:`jax.sharding.Mesh` with a ``"data"`` axis; or None (no mesh).
 
   Returns:
     ``(final TrainState, list of metric records)``.
@@ -186,7 +247,13 @@ def fit(loss_fn: LossFn, params, optimizer: optax.GradientTransformation, *, num
   elif metrics_path and os.path.exists(metrics_path):
     os.remove(metrics_path)
 
-  step_fn = make_step(loss_fn, optimizer, seed_key)
+  if isinstance(mesh, str):
+    if mesh != "auto":
+      raise ValueError(f"argument `mesh`: expected 'auto', a Mesh or None, got {mesh!r}")
+    mesh = data_mesh() if jax.device_count() > 1 else None
+  if mesh is not None:
+    state = replicate(state, mesh)
+  step_fn = make_step(loss_fn, optimizer, seed_key, mesh)
   history: list[dict] = []
   start = int(state.step)
   t0 = time.perf_counter()

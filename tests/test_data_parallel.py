@@ -1,0 +1,56 @@
+"""Data parallelism: an 8-device step equals a 1-device step on the same batch.
+
+Runs in a subprocess because the fake host devices must be configured before
+JAX starts (XLA_FLAGS=--xla_force_host_platform_device_count=8).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+
+SCRIPT = textwrap.dedent("""
+    import jax, jax.numpy as jnp, numpy as np, flax.linen as nn
+    from memjax import NTMCell, tasks, training
+    assert jax.device_count() == 8, jax.devices()
+    model = nn.RNN(NTMCell(features=4, memory_size=16, word_size=6, controller_features=16))
+    params = model.init(jax.random.key(0), jnp.zeros((1, tasks.copy_length(5), 5)))
+
+    def loss_fn(p, key):
+      batch = training.shard_batch(tasks.copy(key, 16, num_bits=4, max_length=5))
+      return tasks.sequence_loss(model.apply(p, batch.inputs), batch)
+
+    opt = training.make_optimizer("adam", 1e-2)
+    results = {}
+    for name, mesh in [("one", None), ("eight", training.data_mesh())]:
+      state, hist = training.fit(loss_fn, params, opt, num_steps=5, seed=1, progress=False,
+                                 log_every=1, mesh=mesh)
+      results[name] = (state, hist)
+    (s1, h1), (s8, h8) = results["one"], results["eight"]
+    leaf = jax.tree.leaves(s8.params)[0]
+    assert len(leaf.sharding.device_set) == 8, leaf.sharding
+    for a, b in zip(jax.tree.leaves(s1.params), jax.tree.leaves(s8.params)):
+      np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=2e-4, atol=2e-6)
+    np.testing.assert_allclose([r["loss"] for r in h1], [r["loss"] for r in h8], rtol=1e-5)
+    # The batch really was split: inside the mesh the batch is sharded over 8 devices.
+    with jax.set_mesh(training.data_mesh()):
+      b = jax.jit(lambda k: training.shard_batch(tasks.copy(k, 16, max_length=5)))(jax.random.key(0))
+    assert b.inputs.sharding.shard_shape(b.inputs.shape)[0] == 2
+    try:
+      with jax.set_mesh(training.data_mesh()):
+        jax.jit(lambda k: training.shard_batch(tasks.copy(k, 12, max_length=5)))(jax.random.key(0))
+    except ValueError as e:
+      assert "divisible by 8" in str(e)
+    else:
+      raise AssertionError("batch 12 over 8 devices should raise")
+    print("OK")
+""")
+
+
+def test_eight_device_step_equals_one_device_step():
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
+  proc = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True,
+                        timeout=300)
+  assert proc.returncode == 0 and "OK" in proc.stdout, proc.stdout + proc.stderr
