@@ -21,7 +21,13 @@ def as_float_array(name: str, x, ndim: int | None = None) -> jnp.ndarray:
   """
   dtype = getattr(x, "dtype", None)
   if dtype is None:
-    x = jnp.asarray(x)
+    if x is None:
+      raise ValueError(f"argument `{name}`: expected a real floating-point array, got None")
+    try:
+      x = jnp.asarray(x)
+    except (TypeError, ValueError) as e:
+      raise ValueError(f"argument `{name}`: expected a real floating-point array, got "
+                       f"{type(x).__name__} ({e})") from None
     dtype = x.dtype
   if not (jnp.issubdtype(dtype, jnp.floating) or jnp.issubdtype(dtype, jnp.integer)
           or jnp.issubdtype(dtype, jnp.bool_)):
@@ -29,7 +35,10 @@ def as_float_array(name: str, x, ndim: int | None = None) -> jnp.ndarray:
   if not jnp.issubdtype(dtype, jnp.floating):
     x = jnp.asarray(x, jnp.float32)
   else:
-    x = jnp.asarray(x)
+    try:
+      x = jnp.asarray(x)
+    except TypeError as e:  # e.g. float128, which JAX has no type for
+      raise ValueError(f"argument `{name}`: expected float16/32/64, got dtype {dtype} ({e})") from None
   if ndim is not None and x.ndim != ndim:
     raise ValueError(
         f"argument `{name}`: expected {ndim} axes, got shape {tuple(x.shape)}"

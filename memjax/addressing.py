@@ -175,8 +175,11 @@ def least_used(usage: jax.Array, n: int) -> jax.Array:
   n = _checks.check_positive_int("n", n)
   if n > usage.shape[0]:
     raise ValueError(f"argument `n`: expected at most N={usage.shape[0]} slots, got {n}")
-  # lax.top_k returns equal elements lower index first, which gives the tie rule.
-  _, idx = jax.lax.top_k(-jax.lax.stop_gradient(usage), n)
+  # lax.top_k returns equal elements lower index first, which gives the tie rule;
+  # it orders -0.0 before +0.0, so both zeros are made +0.0 first.
+  usage = jax.lax.stop_gradient(usage)
+  usage = jnp.where(usage == 0, 0.0, usage)
+  _, idx = jax.lax.top_k(-usage, n)
   return jnp.sum(jax.nn.one_hot(idx, usage.shape[0], dtype=usage.dtype), axis=0)
 
 

@@ -161,7 +161,12 @@ class _Checkpointer:
     return self.manager.latest_step()
 
   def save(self, state: TrainState):
-    self.manager.save(int(state.step), args=self._ocp.args.StandardSave(state), force=True)
+    step = int(state.step)
+    self.manager.save(step, args=self._ocp.args.StandardSave(state), force=True)
+    # Fault injection for the crash-recovery tests: die while the (asynchronous)
+    # write of this step's checkpoint is still in flight.
+    if os.environ.get("MEMJAX_FAULT_KILL_DURING_SAVE") == str(step):
+      os.kill(os.getpid(), 9)
 
   def restore(self, like: TrainState) -> TrainState:
     abstract = jax.tree.map(self._ocp.utils.to_shape_dtype_struct, like)

@@ -324,8 +324,6 @@ def test_least_used_ties_resolve_to_lower_index():
                                 [0, 1, 0, 0])
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: least_used treats -0.0 as smaller than +0.0 "
-                   "(lax.top_k uses a total order), so the tie 0.0 == -0.0 goes to the higher index")
 def test_least_used_signed_zero_is_a_tie():
   # 0.0 == -0.0, so this is a tie and must go to index 0.
   np.testing.assert_array_equal(np.asarray(A.least_used(np.array([0.0, -0.0, 1.0], np.float32), 1)),
@@ -702,17 +700,12 @@ def test_numpy_string_array_raises_value_error_naming_argument(fn_name, arg):
     jax.jit(lambda: fn(**kwargs))()
 
 
-@pytest.mark.xfail(strict=True, raises=TypeError,
-                   reason="BUG: a Python str (or list of str / arbitrary object) reaches "
-                   "jnp.asarray before the dtype check and raises TypeError without the argument name")
 @pytest.mark.parametrize("bad", ["abc", ["v", "w", "x", "y", "z"]], ids=["str", "list_of_str"])
 def test_python_string_raises_value_error_naming_argument(bad):
   with pytest.raises(ValueError, match="`weights`"):
     A.sharpen(bad, 1.0)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: None raises ValueError from jnp.array whose "
-                   "message does not name the argument")
 def test_none_raises_value_error_naming_argument():
   with pytest.raises(ValueError, match="`gamma`"):
     A.sharpen(np.ones(3, np.float32), None)

@@ -499,9 +499,6 @@ def test_string_array_raises_value_error_naming_argument(fn_name, arg):
     jax.jit(lambda: fn(**kwargs))()  # closed over: still checked at trace time
 
 
-@pytest.mark.xfail(strict=True, raises=TypeError,
-                   reason="BUG: a Python str reaches jnp.asarray before memjax's dtype check and "
-                   "raises TypeError without the argument name")
 def test_python_string_raises_value_error_naming_argument():
   with pytest.raises(ValueError, match="`add`"):
     mem.write(np.ones((2, 3), np.float32), np.ones(2, np.float32), np.ones(3, np.float32), "abc")
