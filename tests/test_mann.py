@@ -1,0 +1,268 @@
+"""MANNCell (Santoro et al. 2016): LRUA step vs numpy, cell contract, losses, learning, experiment."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from memjax.data import episodes as episodes_lib
+from memjax.mann import (LSTMCell, MANNCell, MANNState, mann_loss, per_instance_accuracy,
+                         per_instance_counts, trajectory)
+
+SMALL = dict(features=3, memory_size=12, word_size=5, num_read_heads=2, controller_features=10)
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _np_softmax(z):
+  z = z - z.max(-1, keepdims=True)
+  e = np.exp(z)
+  return e / e.sum(-1, keepdims=True)
+
+
+def _np_lrua_step(memory, usage, read_w_prev, keys, alpha, decay):
+  """The paper's equations (§3), in float64 numpy, for one example.
+
+  memory [N, M], usage [N], read_w_prev [R, N], keys [R, M], alpha [R].
+  """
+  n = memory.shape[0]
+  r = read_w_prev.shape[0]
+  order = np.argsort(usage, kind="stable")
+  w_lu = np.zeros(n)
+  w_lu[order[:r]] = 1.0  # the R (= number of reads) least-used slots
+  g = 1.0 / (1.0 + np.exp(-alpha))
+  w_w = g[:, None] * read_w_prev + (1.0 - g[:, None]) * w_lu[None]  # [R, N]
+  m = memory.copy()
+  m[order[0]] = 0.0  # the least-used slot is zeroed before writing
+  m = m + w_w.T @ keys  # M_t(i) = M_{t-1}(i) + Σ_h w^w_h(i) k_h
+  cos = (keys @ m.T) / (np.linalg.norm(keys, axis=1)[:, None] * np.linalg.norm(m, axis=1)[None])
+  w_r = _np_softmax(cos)  # [R, N], read after write
+  reads = w_r @ m  # [R, M]
+  new_usage = decay * usage + w_r.sum(0) + w_w.sum(0)
+  return m, new_usage, w_r, w_w, reads
+
+
+@pytest.fixture(scope="module")
+def small_params():
+  """Parameters of MANNCell(**SMALL) for 4 input features (one compile, shared)."""
+  cell = MANNCell(**SMALL)
+  carry = cell.initialize_carry(jax.random.key(0), (4,))
+  return jax.jit(cell.init)(jax.random.key(1), carry, jnp.zeros((4,)))["params"]
+
+
+def test_single_step_matches_numpy_paper_equations(small_params):
+  cell = MANNCell(**SMALL, usage_decay=0.9)
+  n, m, r = 12, 5, 2
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.normal(size=(4,)), jnp.float32)
+  carry = cell.initialize_carry(jax.random.key(0), x.shape)
+  read_w_prev = _np_softmax(rng.normal(size=(r, n)) * 2)
+  usage = rng.permutation(n) * 0.3 + rng.uniform(0, 0.1, n)  # distinct usages, no ties
+  carry = carry._replace(memory=jnp.asarray(rng.normal(size=(n, m)), jnp.float32),
+                         usage=jnp.asarray(usage, jnp.float32),
+                         read_weights=jnp.asarray(read_w_prev, jnp.float32),
+                         reads=jnp.asarray(rng.normal(size=(r, m)), jnp.float32))
+  variables = {"params": small_params}
+  with jax.default_matmul_precision("highest"):
+    new, logits = jax.jit(cell.apply)(variables, carry, x)
+    p = variables["params"]
+    ctrl_in = jnp.concatenate([x, carry.reads.reshape(-1)])
+    (_, h), _ = nn.OptimizedLSTMCell(10).apply({"params": p["controller"]}, carry.controller, ctrl_in)
+  h = np.asarray(h, np.float64)
+  heads = (h @ np.asarray(p["heads"]["kernel"]) + np.asarray(p["heads"]["bias"])).reshape(r, m + 1)
+  keys, alpha = np.tanh(heads[:, :m]), heads[:, m]
+  mem, use, w_r, w_w, reads = _np_lrua_step(np.asarray(carry.memory, np.float64), usage, read_w_prev,
+                                            keys, alpha, 0.9)
+  tol = dict(rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(new.write_weights, w_w, **tol)
+  np.testing.assert_allclose(new.memory, mem, **tol)
+  j = np.argmin(usage)  # the cleared slot holds only this step's writes
+  np.testing.assert_allclose(new.memory[j], w_w[:, j] @ keys, **tol)
+  np.testing.assert_allclose(new.read_weights, w_r, **tol)
+  np.testing.assert_allclose(new.reads, reads, **tol)
+  np.testing.assert_allclose(new.usage, use, **tol)
+  out = np.concatenate([h, reads.reshape(-1)]) @ np.asarray(p["output"]["kernel"]) + np.asarray(
+      p["output"]["bias"])
+  np.testing.assert_allclose(logits, out, **tol)
+  assert int(new.step) == 1
+
+
+def test_initial_state_breaks_symmetry():
+  cell = MANNCell(**SMALL)
+  carry = cell.initialize_carry(jax.random.key(0), (3, 4))
+  assert isinstance(carry, MANNState) and cell.num_feature_axes == 1
+  np.testing.assert_allclose(carry.memory, 1e-6)
+  np.testing.assert_array_equal(carry.usage, 0.0)
+  np.testing.assert_array_equal(np.argmax(carry.read_weights, -1), [[0, 1]] * 3)  # distinct slots
+  np.testing.assert_allclose(carry.read_weights.sum(-1), 1.0)
+  with pytest.raises(ValueError, match="num_read_heads"):
+    MANNCell(features=3, memory_size=2, num_read_heads=3).initialize_carry(jax.random.key(0), (4,))
+  with pytest.raises(ValueError, match="usage_decay"):
+    MANNCell(features=3, usage_decay=1.5).initialize_carry(jax.random.key(0), (4,))
+
+
+def test_rnn_shapes_jit_and_finite_gradients(small_params):
+  """nn.RNN with 1 and 2 batch axes, jitted; finite gradients through 50 steps."""
+  cell = MANNCell(**SMALL)
+  model = nn.RNN(cell)
+  x2 = jax.random.normal(jax.random.key(1), (3, 2, 50, 4))  # two batch axes
+  x1 = x2.reshape(6, 50, 4)  # one batch axis
+  targets = jax.random.randint(jax.random.key(3), (6, 50), 0, 3)
+  variables = {"params": {"cell": small_params}}  # nn.RNN's layout: the cell's params under "cell"
+  y2 = jax.jit(model.apply)(variables, x2)
+  assert y2.shape == (3, 2, 50, 3)
+
+  def loss(v):
+    logits, states = trajectory(cell, v, x1)
+    return mann_loss(logits, targets), (logits, states)
+
+  (value, (y1, states)), grads = jax.jit(jax.value_and_grad(loss, has_aux=True))(variables)
+  assert y1.shape == (6, 50, 3)
+  np.testing.assert_allclose(y2.reshape(6, 50, 3), y1, rtol=1e-5, atol=1e-6)
+  assert np.isfinite(value) and np.all(np.isfinite(y1))
+  leaves = jax.tree.leaves(grads)
+  assert all(np.all(np.isfinite(g)) for g in leaves)
+  assert all(np.any(g != 0) for g in leaves)  # every parameter gets a gradient
+  # The trajectory: a time axis after the batch axes, weightings are distributions.
+  assert states.read_weights.shape == (6, 50, 2, 12)
+  assert states.memory.shape == (6, 50, 12, 5)
+  np.testing.assert_allclose(states.read_weights.sum(-1), 1.0, rtol=1e-5)
+  np.testing.assert_array_equal(states.step[0], np.arange(1, 51))
+  assert np.all(np.isfinite(states.memory)) and np.all(states.usage > 0)
+
+
+def test_lstm_baseline_cell():
+  model = nn.RNN(LSTMCell(features=5, controller_features=8))
+  x = jnp.ones((2, 3, 6, 4))
+  y, variables = jax.jit(model.init_with_output)(jax.random.key(0), x)
+  assert y.shape == (2, 3, 6, 5) and np.all(np.isfinite(y))
+  assert set(variables["params"]["cell"]) == {"controller", "output"}
+
+
+def test_mann_loss_onehot_and_string():
+  rng = np.random.default_rng(0)
+  logits = rng.normal(size=(2, 3, 4)).astype(np.float32)
+  targets = rng.integers(0, 4, size=(2, 3))
+  logp = np.log(_np_softmax(logits.astype(np.float64)))
+  expected = -np.mean(np.take_along_axis(logp, targets[..., None], -1))
+  np.testing.assert_allclose(mann_loss(logits, targets, "onehot"), expected, rtol=1e-5)
+
+  logits = rng.normal(size=(2, 3, 25)).astype(np.float32)
+  targets = rng.integers(0, 5, size=(2, 3, 5))
+  logp = np.log(_np_softmax(logits.reshape(2, 3, 5, 5).astype(np.float64)))
+  nll = -np.take_along_axis(logp, targets[..., None], -1)[..., 0]  # [2, 3, 5]
+  np.testing.assert_allclose(mann_loss(logits, targets, "string"), nll.sum(-1).mean(), rtol=1e-5)
+  # Uniform logits: 5 ln 5 per step, the chance level.
+  np.testing.assert_allclose(mann_loss(np.zeros((1, 2, 25)), np.zeros((1, 2, 5), int), "string"),
+                             5 * np.log(5), rtol=1e-6)
+  with pytest.raises(ValueError, match="targets"):
+    mann_loss(np.zeros((1, 2, 25)), np.zeros((1, 2), int), "string")
+  with pytest.raises(ValueError, match="label_mode"):
+    mann_loss(np.zeros((1, 2, 5)), np.zeros((1, 2), int), "binary")
+
+
+def test_per_instance_accuracy_constructed():
+  # One episode, 2 classes (labels 0, 1), 7 steps.
+  targets = np.array([[0, 1, 0, 0, 1, 1, 0]])
+  instance = np.array([[0, 0, 1, 2, 1, 2, 3]])
+  predicted = np.array([[1, 1, 0, 1, 0, 1, 0]])  # right at steps 1, 2, 5, 6
+  logits = np.eye(2)[predicted] * 3.0
+  acc = per_instance_accuracy(logits, targets, instance, "onehot", instances=(1, 2, 3, 4, 10))
+  # k=1: steps 0 (wrong), 1 (right); k=2: 2 (right), 4 (wrong); k=3: 3 (wrong), 5 (right);
+  # k=4: 6 (right); k=10 never occurs.
+  np.testing.assert_allclose(acc[:4], [0.5, 0.5, 0.5, 1.0])
+  assert np.isnan(acc[4])
+  correct, total = per_instance_counts(logits, targets, instance, "onehot", instances=(1, 2, 3, 4))
+  np.testing.assert_array_equal(correct, [1, 1, 1, 1])
+  np.testing.assert_array_equal(total, [2, 2, 2, 1])
+
+  # String labels: a prediction counts only with all 5 characters right.
+  targets = np.array([[[0, 1, 2, 3, 4], [4, 3, 2, 1, 0], [0, 1, 2, 3, 4]]])
+  instance = np.array([[0, 0, 1]])
+  pred = targets.copy()
+  pred[0, 1, 4] = 1  # one character wrong
+  logits = (np.eye(5)[pred] * 2.0).reshape(1, 3, 25)
+  acc = per_instance_accuracy(logits, targets, instance, "string", instances=(1, 2))
+  np.testing.assert_allclose(acc, [0.5, 1.0])
+
+
+def _prototype_images(key, num_chars=12, drawers=20, side=8, flip=0.05):
+  """float32 [C, K, side, side]: each character a random binary prototype, each
+  drawer a copy with a fraction ``flip`` of its pixels flipped."""
+  k1, k2 = jax.random.split(key)
+  proto = jax.random.bernoulli(k1, 0.5, (num_chars, 1, side, side))
+  noise = jax.random.bernoulli(k2, flip, (num_chars, drawers, side, side))
+  return (proto ^ noise).astype(jnp.float32)
+
+
+def test_short_training_beats_chance():
+  """A small MANN learns 2-way episodes of synthetic characters: loss well below chance (ln 2)."""
+  images = _prototype_images(jax.random.key(0))
+  kw = dict(batch_size=16, num_classes=2, samples_per_class=5)
+  model = nn.RNN(MANNCell(features=2, memory_size=16, word_size=8, num_read_heads=2,
+                          controller_features=32))
+  example = episodes_lib.sample_mann_episodes(jax.random.key(0), images, **kw)
+  params = jax.jit(model.init)(jax.random.key(0), example.inputs)
+  opt = optax.adam(1e-2)
+
+  @jax.jit
+  def step(p, s, key):
+    def loss_fn(p):
+      ep = episodes_lib.sample_mann_episodes(key, images, **kw)
+      return mann_loss(model.apply(p, ep.inputs), ep.targets)
+    loss, g = jax.value_and_grad(loss_fn)(p)
+    u, s = opt.update(g, s)
+    return optax.apply_updates(p, u), s, loss
+
+  state = opt.init(params)
+  losses = []
+  for i in range(400):
+    params, state, loss = step(params, state, jax.random.key(i + 1))
+    losses.append(float(loss))
+  first, last = np.mean(losses[:10]), np.mean(losses[-20:])
+  assert first == pytest.approx(np.log(2), abs=0.1)
+  assert last < 0.75 * np.log(2), (first, last)  # ≈ 0.55 ln 2 after 400 steps
+
+
+def _load_experiment():
+  spec = importlib.util.spec_from_file_location("omniglot_mann", REPO / "experiments" / "omniglot_mann.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def test_experiment_smoke(omniglot_dir, tmp_path):
+  exp = _load_experiment()
+  workdir = tmp_path / "run"
+  results = exp.main([
+      "--data-dir", str(omniglot_dir), "--train-split", "small1", "--test-split", "small1",
+      "--episodes", "8", "--batch-size", "2", "--eval-every", "2", "--eval-episodes", "4",
+      "--eval-batch", "2", "--memory-size", "8", "--word-size", "4", "--read-heads", "2",
+      "--controller-features", "8", "--log-every", "2", "--workdir", str(workdir), "--no-progress",
+      "--no-plots", "--optimizer", "adam"])
+  saved = json.loads((workdir / "results.json").read_text())
+  assert saved["episodes_trained"] == 8 == results["episodes_trained"]
+  assert set(saved["per_instance_accuracy"]) == {"1st", "2nd", "3rd", "4th", "5th", "10th"}
+  assert all(0 <= v <= 1 for v in saved["per_instance_accuracy"].values())
+  assert saved["paper_per_instance_accuracy"]["2nd"] == pytest.approx(0.828)
+  assert saved["episodes_per_hour"] > 0
+  records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+  assert any("eval_acc_1st" in r for r in records)
+
+
+@pytest.mark.parametrize("argv", [["--model", "gru"], ["--batch-size", "0"], ["--lr", "-1"],
+                                  ["--label-mode", "binary"], ["--train-split", "nope"],
+                                  ["--usage-decay", "2"]])
+def test_experiment_bad_flags_exit_2(argv, capsys):
+  exp = _load_experiment()
+  with pytest.raises(SystemExit) as info:
+    exp.main(argv)
+  assert info.value.code == 2
+  assert "usage:" in capsys.readouterr().err
