@@ -1,0 +1,150 @@
+"""Faults and long runs: SIGKILL + resume is bitwise identical, NaN debugging, 10k steps, CLI errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from memjax import NTMCell, tasks, training
+
+ROOT = Path(__file__).resolve().parents[1]
+COPY = [sys.executable, str(ROOT / "experiments" / "copy_task.py")]
+TINY = ["--memory-size", "16", "--word-size", "6", "--controller-features", "16", "--num-bits", "4",
+        "--max-length", "4", "--batch-size", "4", "--optimizer", "adam", "--steps", "80",
+        "--checkpoint-every", "4", "--eval-every", "1000", "--eval-sequences", "8",
+        "--generalisation-lengths", "4", "--no-progress", "--no-plots", "--seed", "5"]
+
+
+def _latest_checkpoint(workdir: Path) -> int:
+  ckpts = workdir / "checkpoints"
+  steps = [int(p.name) for p in ckpts.iterdir() if p.name.isdigit()] if ckpts.exists() else []
+  return max(steps, default=-1)
+
+
+def _final_params(workdir: Path):
+  mgr = ocp.CheckpointManager(workdir / "checkpoints")
+  try:
+    step = mgr.latest_step()
+    return step, mgr.restore(step, args=ocp.args.StandardRestore())
+  finally:
+    mgr.close()
+
+
+def _metrics(workdir: Path):
+  with open(workdir / "metrics.jsonl") as f:
+    records = [json.loads(line) for line in f]
+  for r in records:
+    r.pop("wall_time")
+  return records
+
+
+@pytest.mark.slow
+def test_sigkill_and_resume_equals_uninterrupted_run(tmp_path):
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  ref = tmp_path / "reference"
+  subprocess.run(COPY + TINY + ["--workdir", str(ref)], env=env, check=True, capture_output=True,
+                 timeout=600)
+
+  run = tmp_path / "killed"
+  rng = random.Random(0)
+  kills = 0
+  # 1. Killed while the checkpoint of step 8 is being written (fault injection).
+  proc = subprocess.run(COPY + TINY + ["--workdir", str(run)], capture_output=True, timeout=600,
+                        env=dict(env, MEMJAX_FAULT_KILL_DURING_SAVE="8"))
+  assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+  kills += 1
+  # 2-4. Killed at random moments after random numbers of checkpoints.
+  for _ in range(3):
+    target = _latest_checkpoint(run) + 4 * rng.randint(1, 4)
+    p = subprocess.Popen(COPY + TINY + ["--workdir", str(run), "--resume"], env=env,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while _latest_checkpoint(run) < target and p.poll() is None and time.time() < deadline:
+      time.sleep(0.01)
+    time.sleep(rng.uniform(0.0, 0.2))
+    if p.poll() is None:
+      p.send_signal(signal.SIGKILL)
+      kills += 1
+    p.wait()
+  assert kills >= 4
+  proc = subprocess.run(COPY + TINY + ["--workdir", str(run), "--resume"], env=env,
+                        capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+
+  step_ref, params_ref = _final_params(ref)
+  step_run, params_run = _final_params(run)
+  assert step_ref == step_run == 80
+  for a, b in zip(jax.tree.leaves(params_ref), jax.tree.leaves(params_run)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))  # bitwise
+  assert _metrics(ref) == _metrics(run)
+  # Only finished checkpoints remain, and only the last `keep` of them.
+  names = sorted(p.name for p in (run / "checkpoints").iterdir())
+  assert all(n.isdigit() for n in names) and len(names) <= 3, names
+
+
+def test_same_seed_same_result_different_seed_differs(tmp_path):
+  outs = []
+  for seed, name in [(5, "a"), (5, "b"), (6, "c")]:
+    args = [a if a != "5" else str(seed) for a in TINY]
+    args[args.index("--steps") + 1] = "6"
+    proc = subprocess.run(COPY + args + ["--workdir", str(tmp_path / name)], capture_output=True,
+                          text=True, timeout=600, env=dict(os.environ, JAX_PLATFORMS="cpu"))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    outs.append(_metrics(tmp_path / name))
+  assert outs[0] == outs[1]
+  assert outs[0] != outs[2]
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--batch-size", "0"], "expected a positive integer"),
+    (["--task", "sort"], "invalid choice"),
+    (["--lr", "nan"], "expected a positive number"),
+    (["--generalisation-lengths", "20,x"], "comma-separated"),
+    (["--memory-size", "2"], "memory-size"),
+])
+def test_cli_rejects_bad_flags_with_usage_and_exit_2(flags, message):
+  proc = subprocess.run(COPY + flags, capture_output=True, text=True, timeout=120)
+  assert proc.returncode == 2
+  assert "usage:" in proc.stderr and message in proc.stderr
+  assert "Traceback" not in proc.stderr
+
+
+def test_ntm_training_under_jax_debug_nans():
+  cell = NTMCell(features=4, memory_size=16, word_size=6, controller_features=16)
+  model = nn.RNN(cell)
+  params = model.init(jax.random.key(0), jnp.zeros((1, tasks.copy_length(4), 5)))
+
+  def loss_fn(p, key):
+    batch = tasks.copy(key, 8, num_bits=4, max_length=4)
+    return tasks.sequence_loss(model.apply(p, batch.inputs), batch)
+
+  with jax.debug_nans(True):
+    state, hist = training.fit(loss_fn, params, training.make_optimizer("adam", 1e-2), num_steps=20,
+                               progress=False, log_every=5)
+  assert int(state.step) == 20 and np.isfinite(hist[-1]["loss"])
+
+
+def test_ntm_ten_thousand_steps_stay_finite():
+  cell = NTMCell(features=4, memory_size=32, word_size=8, controller_features=16)
+  model = nn.RNN(cell)
+  x = jax.random.bernoulli(jax.random.key(1), 0.5, (10_000, 5)).astype(jnp.float32)
+  params = model.init(jax.random.key(0), x[:2])
+  # Large weights push the heads to extreme β, γ, gates and erase/add values.
+  params = jax.tree.map(lambda p: 5.0 * p, params)
+  logits, states = jax.jit(lambda p, x: __import__("memjax").trajectory(cell, p, x))(params, x)
+  assert np.all(np.isfinite(logits))
+  assert np.all(np.isfinite(states.memory[-1]))
+  np.testing.assert_allclose(states.read_weights[::997].sum(-1), 1.0, rtol=1e-4)
