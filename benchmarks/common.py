@@ -1,0 +1,353 @@
+"""Timing harness shared by the memjax benchmarks.
+
+What "timing done right" means here:
+
+* compilation is timed on its own, as ``jax.jit(f).lower(*args)`` plus
+  ``.compile()``, and the timed calls go to the already-compiled executable, so
+  no call in a timed sample traces or compiles;
+* every sample ends with ``jax.block_until_ready`` on the outputs (JAX
+  dispatches asynchronously; without it one would time the dispatch);
+* warm-up calls are made and discarded before sampling (first-call allocation,
+  caches, thread-pool start-up);
+* a sample may hold several calls (``number``) so that it lasts long enough to
+  be well above the clock's resolution; the figure reported is the **median**
+  over samples with the inter-quartile range (IQR) as the spread — both robust
+  to the outliers a machine shared with other jobs produces;
+* the machine's peak is measured in the same run, so the achieved fractions are
+  against what this machine delivered at that moment: a large float32 matmul in
+  JAX (GFLOP/s) and a large array copy in JAX (GB/s).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+
+@dataclasses.dataclass
+class Timing:
+  """Per-call wall time statistics, in seconds."""
+  median: float
+  q1: float
+  q3: float
+  samples: int
+  number: int  # calls per sample
+
+  @property
+  def iqr(self) -> float:
+    return self.q3 - self.q1
+
+  def as_dict(self) -> dict:
+    return {"median_s": self.median, "q1_s": self.q1, "q3_s": self.q3, "iqr_s": self.iqr,
+            "samples": self.samples, "number": self.number}
+
+
+def summarize(per_call_seconds: Sequence[float], number: int = 1) -> Timing:
+  """Median and quartiles of per-call times."""
+  xs = sorted(float(x) for x in per_call_seconds)
+  if not xs:
+    raise ValueError("no samples")
+  if len(xs) >= 2:
+    q = statistics.quantiles(xs, n=4, method="inclusive")
+    q1, q3 = q[0], q[2]
+  else:
+    q1 = q3 = xs[0]
+  return Timing(statistics.median(xs), q1, q3, len(xs), number)
+
+
+def block(x):
+  """``jax.block_until_ready`` for JAX outputs; identity for anything else."""
+  import jax
+  return jax.block_until_ready(x)
+
+
+def time_fn(fn: Callable[[], Any], *, warmup: int = 2, repeats: int = 7, min_sample_s: float = 2e-3,
+            max_total_s: float = 2.0, sync: Callable[[Any], Any] = block) -> Timing:
+  """Times ``fn()`` (no arguments: close over them), blocking on its result.
+
+  Args:
+    fn: the call to time; its return value is passed to ``sync``.
+    warmup: calls made and discarded first (at least 1; the first also sizes the samples).
+    repeats: number of samples (fewer if ``max_total_s`` runs out, never fewer than 3
+      unless a single call is longer than ``max_total_s``).
+    min_sample_s: a sample loops ``number`` calls so that it lasts at least this long.
+    max_total_s: soft time budget for the samples.
+    sync: waits for the result (``jax.block_until_ready`` by default).
+
+  Returns:
+    :class:`Timing` of one call.
+  """
+  t_call = None
+  for _ in range(max(1, warmup)):
+    t0 = time.perf_counter()
+    sync(fn())
+    t_call = time.perf_counter() - t0
+  number = max(1, int(np.ceil(min_sample_s / max(t_call, 1e-9))))
+  samples = []
+  start = time.perf_counter()
+  for i in range(max(1, repeats)):
+    t0 = time.perf_counter()
+    for _ in range(number):
+      out = fn()
+    sync(out)
+    samples.append((time.perf_counter() - t0) / number)
+    if i >= 2 and time.perf_counter() - start > max_total_s:
+      break
+  return summarize(samples, number)
+
+
+@dataclasses.dataclass
+class Compiled:
+  """A compiled executable and how long tracing/lowering and compiling took."""
+  executable: Any
+  lower_s: float
+  compile_s: float
+
+  @property
+  def total_s(self) -> float:
+    return self.lower_s + self.compile_s
+
+
+def compile_fn(fn: Callable, *args, static_argnums=(), **jit_kwargs) -> Compiled:
+  """``jax.jit(fn).lower(*args).compile()``, timed (lowering and compiling apart).
+
+  ``fn`` may already be jitted (then it is lowered as is).
+  """
+  import jax
+  jitted = fn if hasattr(fn, "lower") else jax.jit(fn, static_argnums=static_argnums, **jit_kwargs)
+  t0 = time.perf_counter()
+  lowered = jitted.lower(*args)
+  t1 = time.perf_counter()
+  executable = lowered.compile()
+  t2 = time.perf_counter()
+  return Compiled(executable, t1 - t0, t2 - t1)
+
+
+def cost_flops(executable) -> float | None:
+  """XLA's FLOP count of a compiled executable (loop bodies counted once), or None."""
+  try:
+    cost = executable.cost_analysis()
+  except Exception:  # some backends do not implement it
+    return None
+  if isinstance(cost, (list, tuple)):
+    cost = cost[0] if cost else None
+  if not cost or "flops" not in cost:
+    return None
+  return float(cost["flops"])
+
+
+# --------------------------------------------------------------------------- machine peaks
+
+
+@dataclasses.dataclass
+class Peaks:
+  """This machine's measured peaks (same process, same moment as the benchmark)."""
+  matmul_gflops: float
+  matmul_n: int
+  copy_gbs: float        # the peak used for "% of copy peak": the best of the next two
+  copy_into_gbs: float   # src -> a reused (donated) dst buffer
+  copy_inplace_gbs: float  # x -> x (donated), read and write of the same buffer
+  copy_fresh_gbs: float  # src -> a fresh output buffer allocated by the call
+  copy_mib: float
+  numpy_matmul_gflops: float
+  numpy_copy_gbs: float
+
+  def as_dict(self) -> dict:
+    return dataclasses.asdict(self)
+
+  def markdown(self) -> str:
+    return (f"Measured peaks: fp32 matmul {self.matmul_n}×{self.matmul_n} in JAX "
+            f"**{self.matmul_gflops:.1f} GFLOP/s** (numpy {self.numpy_matmul_gflops:.1f}); "
+            f"streaming a {self.copy_mib:.0f} MiB array (read + write bytes) in JAX **{self.copy_gbs:.1f} GB/s** "
+            f"(best of: copy into a reused buffer {self.copy_into_gbs:.1f}, in place {self.copy_inplace_gbs:.1f}; "
+            f"into a fresh output buffer each call {self.copy_fresh_gbs:.1f}; numpy copy {self.numpy_copy_gbs:.1f}).")
+
+
+def measure_peaks(quick: bool = False) -> Peaks:
+  """Measures fp32 matmul GFLOP/s and array-copy GB/s in JAX (and numpy, for reference).
+
+  Matmul: ``n × n @ n × n`` (n = 2048; 1024 quick), 2n³ FLOPs. Copy: ``src + 1``
+  (an identity copy may be elided by XLA) of a 256 MiB array (32 MiB quick, both
+  beyond the last-level cache); bytes = one read + one write. The peak is the best
+  of a copy into a donated buffer of the same shape and an in-place update of a
+  donated buffer, so no call allocates; the copy into a fresh output buffer is also
+  reported, since allocating (page-faulting) new memory can cost more than the
+  copy itself.
+  """
+  import jax
+  import jax.numpy as jnp
+  n = 1024 if quick else 2048
+  reps, budget = (5, 1.0) if quick else (9, 3.0)
+  key = jax.random.key(0)
+  a = jax.random.normal(key, (n, n), jnp.float32)
+  b = jax.random.normal(jax.random.fold_in(key, 1), (n, n), jnp.float32)
+  mm = compile_fn(lambda x, y: jnp.matmul(x, y, precision=jax.lax.Precision.HIGHEST), a, b).executable
+  t_mm = time_fn(lambda: mm(a, b), warmup=2, repeats=reps, max_total_s=budget)
+  matmul_gflops = 2.0 * n ** 3 / t_mm.median / 1e9
+
+  copy_mib = 32 if quick else 256
+  size = int(copy_mib * 2 ** 20 // 4)
+  src = jnp.zeros((size,), jnp.float32)
+  # keep_unused: jit would otherwise drop the unused dst (and its donation).
+  into = jax.jit(lambda s, dst: s + 1.0, donate_argnums=1, keep_unused=True).lower(src, src).compile()
+  inplace = jax.jit(lambda s: s + 1.0, donate_argnums=0).lower(src).compile()
+  holder = [jnp.zeros((size,), jnp.float32), jnp.zeros((size,), jnp.float32)]
+
+  def copy_into():
+    holder[0] = into(src, holder[0])
+    return holder[0]
+
+  def copy_inplace():
+    holder[1] = inplace(holder[1])
+    return holder[1]
+
+  t_cp = time_fn(copy_into, warmup=2, repeats=reps, max_total_s=budget)
+  t_ip = time_fn(copy_inplace, warmup=2, repeats=reps, max_total_s=budget)
+  fresh = compile_fn(lambda s: s + 1.0, src).executable
+  t_fresh = time_fn(lambda: fresh(src), warmup=2, repeats=reps, max_total_s=budget)
+
+  an, bn = np.asarray(a), np.asarray(b)
+  t_nmm = time_fn(lambda: an @ bn, warmup=1, repeats=5, max_total_s=budget, sync=_noop)
+  xn = np.zeros((size,), np.float32)
+  yn = np.empty_like(xn)
+  t_ncp = time_fn(lambda: np.add(xn, 1.0, out=yn), warmup=1, repeats=5, max_total_s=budget, sync=_noop)
+  del a, b, src, holder
+  nbytes = 2.0 * size * 4
+  into_gbs, inplace_gbs = nbytes / t_cp.median / 1e9, nbytes / t_ip.median / 1e9
+  return Peaks(matmul_gflops, n, max(into_gbs, inplace_gbs), into_gbs, inplace_gbs,
+               nbytes / t_fresh.median / 1e9, copy_mib,
+               2.0 * n ** 3 / t_nmm.median / 1e9, nbytes / t_ncp.median / 1e9)
+
+
+def _noop(x):
+  return x
+
+
+# --------------------------------------------------------------------------- environment, output
+
+
+def environment() -> dict:
+  """Versions and machine facts to print with every result."""
+  import jax
+  env = {
+      "python": platform.python_version(),
+      "jax": jax.__version__,
+      "backend": jax.default_backend(),
+      "devices": [str(d) for d in jax.devices()],
+      "cpu_count": os.cpu_count(),
+      "affinity_cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+      "numpy": np.__version__,
+      "platform": platform.platform(),
+      "processor": _cpu_model(),
+      "loadavg_1m": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
+  }
+  torch = optional_torch()
+  env["torch"] = torch.__version__ if torch is not None else None
+  return env
+
+
+def _cpu_model() -> str:
+  try:
+    with open("/proc/cpuinfo") as f:
+      for line in f:
+        if line.startswith("model name"):
+          return line.split(":", 1)[1].strip()
+  except OSError:
+    pass
+  return platform.processor()
+
+
+def num_cores() -> int:
+  """CPU cores this process may run on."""
+  if hasattr(os, "sched_getaffinity"):
+    return len(os.sched_getaffinity(0))
+  return os.cpu_count() or 1
+
+
+def optional_torch():
+  """``torch`` if it is installed (the ``bench`` extra), else None. Imported lazily."""
+  try:
+    import torch
+  except ImportError:
+    return None
+  return torch
+
+
+def environment_markdown(env: dict) -> str:
+  return (f"jax {env['jax']} ({env['backend']}: {', '.join(env['devices'])}), numpy {env['numpy']}, "
+          f"torch {env['torch'] or 'not installed'}; {env['processor']}, {env['affinity_cpus']} cores; "
+          f"1-min load average at start {env['loadavg_1m']:.1f}")
+
+
+def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]],
+                   align: Sequence[str] | None = None) -> str:
+  """A GitHub-flavoured markdown table; ``align`` is 'l' or 'r' per column."""
+  align = align or ["l"] + ["r"] * (len(headers) - 1)
+  cells = [[_cell(v) for v in row] for row in rows]
+  out = ["| " + " | ".join(headers) + " |",
+         "|" + "|".join(":---" if a == "l" else "---:" for a in align) + "|"]
+  out += ["| " + " | ".join(row) + " |" for row in cells]
+  return "\n".join(out)
+
+
+def _cell(v) -> str:
+  if v is None:
+    return "–"
+  if isinstance(v, float):
+    if not np.isfinite(v):
+      return str(v)
+    a = abs(v)
+    if a == 0:
+      return "0"
+    if a >= 100:
+      return f"{v:,.0f}"
+    if a >= 10:
+      return f"{v:.1f}"
+    if a >= 0.1:
+      return f"{v:.2f}"
+    return f"{v:.3g}"
+  return str(v)
+
+
+def ensure_dir(path: str) -> str:
+  os.makedirs(path, exist_ok=True)
+  return path
+
+
+def write_json(path: str, obj) -> None:
+  with open(path, "w") as f:
+    json.dump(obj, f, indent=1, default=_json_default)
+    f.write("\n")
+
+
+def _json_default(o):
+  if isinstance(o, (np.floating, np.integer)):
+    return o.item()
+  if dataclasses.is_dataclass(o):
+    return dataclasses.asdict(o)
+  return str(o)
+
+
+def write_text(path: str, text: str) -> None:
+  with open(path, "w") as f:
+    f.write(text)
+
+
+def pyplot():
+  """matplotlib.pyplot with a file-only backend."""
+  import matplotlib
+  matplotlib.use("Agg", force=True)
+  import matplotlib.pyplot as plt
+  return plt
+
+
+def log(*args) -> None:
+  print(*args, file=sys.stderr, flush=True)

@@ -1,0 +1,138 @@
+"""Smoke tests of the benchmarks: each ``main(['--quick', '--out', tmp])`` runs in
+seconds and reports sane numbers. The PyTorch reference is exercised only when
+torch (the ``bench`` extra) is installed; everything else runs without it."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import os
+
+import numpy as np
+import pytest
+
+from benchmarks import addressing, common, throughput
+
+HAS_TORCH = importlib.util.find_spec("torch") is not None
+
+
+def _positive_finite(x) -> bool:
+  return x is not None and math.isfinite(x) and x > 0
+
+
+def test_timing_harness_statistics():
+  t = common.summarize([3.0, 1.0, 2.0, 100.0, 2.5])
+  assert t.median == 2.5
+  assert t.q1 <= t.median <= t.q3
+  assert t.iqr >= 0
+  calls = []
+  timing = common.time_fn(lambda: calls.append(1), warmup=2, repeats=3, min_sample_s=0.0,
+                          sync=lambda x: x)
+  assert len(calls) == 2 + 3 * timing.number
+  assert _positive_finite(timing.median)
+
+
+def test_compile_is_timed_apart_and_cost_analysis_counts_flops():
+  import jax.numpy as jnp
+  x = jnp.ones((8, 8))
+  c = common.compile_fn(lambda a: a @ a, x)
+  assert c.lower_s >= 0 and c.compile_s > 0
+  flops = common.cost_flops(c.executable)
+  assert flops is None or flops == pytest.approx(2 * 8 ** 3, rel=0.01)
+
+
+def test_markdown_table():
+  text = common.markdown_table(["a", "b"], [["x", 1.2345], ["y", None]])
+  lines = text.splitlines()
+  assert lines[0] == "| a | b |" and lines[1] == "|:---|---:|"
+  assert "1.23" in lines[2] and "–" in lines[3]
+
+
+def test_hand_flop_count_matches_xla_on_one_kernel():
+  """The hand count of content_weights is the equation's; XLA agrees on the dominant 4NM."""
+  import jax
+  from memjax import addressing as addr
+  n, m = 256, 20
+  c = common.compile_fn(addr.content_weights, jax.numpy.ones((n, m)), jax.numpy.ones((m,)), 1.0)
+  xla = common.cost_flops(c.executable)
+  hand = addressing.KERNELS[0].flops_per_example(n, m)
+  if xla is not None:
+    assert 0.5 < xla / hand < 2.0
+
+
+def test_addressing_quick(tmp_path):
+  out = tmp_path / "addr"
+  res = addressing.main(["--quick", "--out", str(out)])
+  results = res["results"]
+  names = {r["kernel"] for r in results}
+  assert names == {k.name for k in addressing.KERNELS}
+  for r in results:
+    assert _positive_finite(r["us"]) and _positive_finite(r["numpy_us"])
+    assert _positive_finite(r["gbs"]) and _positive_finite(r["numpy_over_jax"])
+    assert r["gflops"] is None or _positive_finite(r["gflops"])
+    assert r["max_rel_err"] < 1e-3, r  # numpy baseline computes the same thing
+    assert r["jax"]["q1_s"] <= r["jax"]["median_s"] <= r["jax"]["q3_s"]
+  assert _positive_finite(res["peaks"].matmul_gflops) and _positive_finite(res["peaks"].copy_gbs)
+  table = (out / "addressing.md").read_text()
+  assert "| kernel |" in table and "ntm_address" in table
+  assert (out / "addressing.png").stat().st_size > 0
+  data = json.loads((out / "addressing.json").read_text())
+  assert len(data["results"]) == len(results)
+
+
+def test_throughput_quick(tmp_path):
+  """One quick run (one memjax compile): with the torch reference if torch is installed."""
+  out = tmp_path / "tp"
+  res = throughput.main(["--quick", "--out", str(out)])
+  (b,) = res["batches"]
+  assert _positive_finite(b["memjax_seq_s"]) and _positive_finite(b["compile_s"])
+  if HAS_TORCH:
+    assert _positive_finite(b["torch_seq_s"]) and _positive_finite(b["ratio"])
+  else:
+    assert "ratio" not in b
+  fl = res["flops"]
+  assert _positive_finite(fl["hand"]["train_step"]) and _positive_finite(fl["gflops"])
+  assert _positive_finite(fl["peak_fraction"])
+  if fl["xla_step_flops"] is not None:
+    # Trip-count-corrected XLA count and the hand count agree to within 2x.
+    assert 0.5 < fl["xla_over_hand"] < 2.0
+  table = (out / "throughput.md").read_text()
+  assert "memjax seq/s" in table and "## Targets" in table and "not benchmarked yet" in table
+  if not HAS_TORCH:
+    assert "reference was skipped" in table
+  assert (out / "throughput.png").stat().st_size > 0
+
+
+def test_throughput_skips_torch_when_missing(monkeypatch):
+  monkeypatch.setattr(common, "optional_torch", lambda: None)
+  assert throughput.torch_threads_for(None, quick=False, requested=None, cores=4) == []
+  assert throughput.torch_threads_for(object(), quick=False, requested=None, cores=4) == [4, 1]
+  assert throughput.torch_threads_for(object(), quick=True, requested=None, cores=4) == [1]
+  assert throughput.torch_threads_for(object(), quick=False, requested=[3], cores=4) == [3]
+
+
+def test_throughput_hooks_for_other_models(tmp_path):
+  res = throughput.main(["--quick", "--models", "mann,metanet", "--out", str(tmp_path)])
+  assert len(res["other_models"]) == 2
+  assert all("not benchmarked yet" in line for line in res["other_models"])
+  assert "not benchmarked yet" in (tmp_path / "throughput.md").read_text()
+
+
+def test_torch_reference_matches_the_copy_task_layout():
+  if not HAS_TORCH:
+    pytest.skip("torch not installed (bench extra)")
+  import torch
+  from benchmarks.reference import ntm_torch
+  inputs, targets, mask = ntm_torch.copy_batch(3, max_length=4, generator=torch.Generator().manual_seed(0))
+  assert inputs.shape == (3, 9, 9) and targets.shape == (3, 9, 8) and mask.shape == (3, 9)
+  for i in range(3):
+    length = int(inputs[i, :, 8].argmax())  # delimiter step
+    assert inputs[i, length, :8].sum() == 0 and inputs[i, length + 1:].sum() == 0
+    np.testing.assert_array_equal(targets[i, length + 1:2 * length + 1].numpy(), inputs[i, :length, :8].numpy())
+    assert mask[i].sum() == length
+  model = ntm_torch.NTM()
+  logits = model(inputs)
+  assert logits.shape == (3, 9, 8) and torch.isfinite(logits).all()
+  trainer = ntm_torch.Trainer(2, max_length=3)
+  assert math.isfinite(trainer.step())
