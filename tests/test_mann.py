@@ -17,7 +17,8 @@ from memjax.data import episodes as episodes_lib
 from memjax.mann import (LSTMCell, MANNCell, MANNState, mann_loss, per_instance_accuracy,
                          per_instance_counts, trajectory)
 
-SMALL = dict(features=3, memory_size=12, word_size=5, num_read_heads=2, controller_features=10)
+SMALL = dict(features=2, memory_size=16, word_size=8, num_read_heads=2, controller_features=32)
+IN = 8 * 8 + 2  # input features: an 8×8 image and a 2-way one-hot label
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -51,17 +52,17 @@ def _np_lrua_step(memory, usage, read_w_prev, keys, alpha, decay):
 
 @pytest.fixture(scope="module")
 def small_params():
-  """Parameters of MANNCell(**SMALL) for 4 input features (one compile, shared)."""
+  """Parameters of MANNCell(**SMALL) for IN input features (one compile, shared by the tests)."""
   cell = MANNCell(**SMALL)
-  carry = cell.initialize_carry(jax.random.key(0), (4,))
-  return jax.jit(cell.init)(jax.random.key(1), carry, jnp.zeros((4,)))["params"]
+  carry = cell.initialize_carry(jax.random.key(0), (IN,))
+  return jax.jit(cell.init)(jax.random.key(1), carry, jnp.zeros((IN,)))["params"]
 
 
 def test_single_step_matches_numpy_paper_equations(small_params):
   cell = MANNCell(**SMALL, usage_decay=0.9)
-  n, m, r = 12, 5, 2
+  n, m, r = 16, 8, 2
   rng = np.random.default_rng(0)
-  x = jnp.asarray(rng.normal(size=(4,)), jnp.float32)
+  x = jnp.asarray(rng.normal(size=(IN,)), jnp.float32)
   carry = cell.initialize_carry(jax.random.key(0), x.shape)
   read_w_prev = _np_softmax(rng.normal(size=(r, n)) * 2)
   usage = rng.permutation(n) * 0.3 + rng.uniform(0, 0.1, n)  # distinct usages, no ties
@@ -74,7 +75,7 @@ def test_single_step_matches_numpy_paper_equations(small_params):
     new, logits = jax.jit(cell.apply)(variables, carry, x)
     p = variables["params"]
     ctrl_in = jnp.concatenate([x, carry.reads.reshape(-1)])
-    (_, h), _ = nn.OptimizedLSTMCell(10).apply({"params": p["controller"]}, carry.controller, ctrl_in)
+    (_, h), _ = nn.OptimizedLSTMCell(32).apply({"params": p["controller"]}, carry.controller, ctrl_in)
   h = np.asarray(h, np.float64)
   heads = (h @ np.asarray(p["heads"]["kernel"]) + np.asarray(p["heads"]["bias"])).reshape(r, m + 1)
   keys, alpha = np.tanh(heads[:, :m]), heads[:, m]
@@ -112,27 +113,27 @@ def test_rnn_shapes_jit_and_finite_gradients(small_params):
   """nn.RNN with 1 and 2 batch axes, jitted; finite gradients through 50 steps."""
   cell = MANNCell(**SMALL)
   model = nn.RNN(cell)
-  x2 = jax.random.normal(jax.random.key(1), (3, 2, 50, 4))  # two batch axes
-  x1 = x2.reshape(6, 50, 4)  # one batch axis
-  targets = jax.random.randint(jax.random.key(3), (6, 50), 0, 3)
+  x2 = jax.random.normal(jax.random.key(1), (3, 2, 50, IN))  # two batch axes
+  x1 = x2.reshape(6, 50, IN)  # one batch axis
+  targets = jax.random.randint(jax.random.key(3), (6, 50), 0, 2)
   variables = {"params": {"cell": small_params}}  # nn.RNN's layout: the cell's params under "cell"
   y2 = jax.jit(model.apply)(variables, x2)
-  assert y2.shape == (3, 2, 50, 3)
+  assert y2.shape == (3, 2, 50, 2)
 
   def loss(v):
     logits, states = trajectory(cell, v, x1)
     return mann_loss(logits, targets), (logits, states)
 
   (value, (y1, states)), grads = jax.jit(jax.value_and_grad(loss, has_aux=True))(variables)
-  assert y1.shape == (6, 50, 3)
-  np.testing.assert_allclose(y2.reshape(6, 50, 3), y1, rtol=1e-5, atol=1e-6)
+  assert y1.shape == (6, 50, 2)
+  np.testing.assert_allclose(y2.reshape(6, 50, 2), y1, rtol=1e-5, atol=1e-6)
   assert np.isfinite(value) and np.all(np.isfinite(y1))
   leaves = jax.tree.leaves(grads)
   assert all(np.all(np.isfinite(g)) for g in leaves)
   assert all(np.any(g != 0) for g in leaves)  # every parameter gets a gradient
   # The trajectory: a time axis after the batch axes, weightings are distributions.
-  assert states.read_weights.shape == (6, 50, 2, 12)
-  assert states.memory.shape == (6, 50, 12, 5)
+  assert states.read_weights.shape == (6, 50, 2, 16)
+  assert states.memory.shape == (6, 50, 16, 8)
   np.testing.assert_allclose(states.read_weights.sum(-1), 1.0, rtol=1e-5)
   np.testing.assert_array_equal(states.step[0], np.arange(1, 51))
   assert np.all(np.isfinite(states.memory)) and np.all(states.usage > 0)
@@ -202,14 +203,12 @@ def _prototype_images(key, num_chars=12, drawers=20, side=8, flip=0.05):
   return (proto ^ noise).astype(jnp.float32)
 
 
-def test_short_training_beats_chance():
+def test_short_training_beats_chance(small_params):
   """A small MANN learns 2-way episodes of synthetic characters: loss well below chance (ln 2)."""
   images = _prototype_images(jax.random.key(0))
   kw = dict(batch_size=16, num_classes=2, samples_per_class=5)
-  model = nn.RNN(MANNCell(features=2, memory_size=16, word_size=8, num_read_heads=2,
-                          controller_features=32))
-  example = episodes_lib.sample_mann_episodes(jax.random.key(0), images, **kw)
-  params = jax.jit(model.init)(jax.random.key(0), example.inputs)
+  model = nn.RNN(MANNCell(**SMALL))
+  params = {"params": {"cell": small_params}}  # inputs: 8×8 images + 2-way labels = IN
   opt = optax.adam(1e-2)
 
   @jax.jit
