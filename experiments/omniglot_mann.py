@@ -216,6 +216,7 @@ def main(argv=None) -> dict:
 
   def loss_fn(p, key):
     ep = episodes_lib.sample_mann_episodes(key, train_images, batch_size=args.batch_size, **sample_kw)
+    ep = training.shard_batch(ep)  # split over devices when fit runs under a mesh
     logits = model.apply(p, ep.inputs)
     correct, total = per_instance_counts(logits, ep.targets, ep.instance, args.label_mode, instances)
     acc = correct / jnp.maximum(total, 1.0)
@@ -266,7 +267,8 @@ def main(argv=None) -> dict:
       loss_fn, params, optimizer, num_steps=num_steps, seed=args.seed, workdir=args.workdir,
       checkpoint_every=args.checkpoint_every, resume=args.resume, log_every=args.log_every,
       progress=not args.no_progress, eval_every=args.eval_every, eval_fn=eval_fn,
-      max_seconds=args.max_minutes * 60)
+      max_seconds=args.max_minutes * 60,
+      mesh="auto" if args.batch_size % jax.device_count() == 0 else None)
   train_seconds = time.perf_counter() - t0
   train_eval_seconds = eval_seconds[0]
   steps = int(state.step)

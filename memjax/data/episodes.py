@@ -291,7 +291,6 @@ def sample_mann_episodes(key: jax.Array, images: jax.Array, *, batch_size: int,
     return MANNEpisode(inputs, targets, instance.astype(jnp.int32))
 
   return jax.vmap(episode)(jax.random.uniform(key, (batch_size, num_draws)))
-  return jax.vmap(episode)(jax.random.split(key, batch_size))
 
 
 @functools.partial(jax.jit, static_argnames=("batch_size", "num_classes", "num_support",
