@@ -23,7 +23,7 @@ def init(cell, x, seed=0):
 
 
 @pytest.mark.parametrize("controller,memory_init,shapes", [
-    ("lstm", "constant", [(7, 4), (2, 7, 4), (3, 2, 7, 4)]),
+    ("lstm", "constant", [(7, 4), (3, 2, 7, 4)]),
     ("feedforward", "learned", [(2, 7, 4)]),
     ("lstm", "random", [(2, 7, 4)]),
 ])

@@ -16,8 +16,7 @@ from memjax import NTMCell
 NTM_CONFIGS = [
     dict(features=2, memory_size=3, word_size=1, controller_features=4, shift_range=1),
     dict(features=5, memory_size=16, word_size=8, controller_features=8, num_read_heads=3,
-         num_write_heads=2, shift_range=2, controller="feedforward"),
-    dict(features=3, memory_size=40, word_size=4, controller_features=6, memory_init="learned"),
+         num_write_heads=2, shift_range=2, controller="feedforward", memory_init="learned"),
 ]
 
 
@@ -39,7 +38,7 @@ def _ntm_fns(config):
 _FNS = [_ntm_fns(c) for c in NTM_CONFIGS]
 
 
-@settings(max_examples=15, deadline=None)
+@settings(max_examples=12, deadline=None)
 @given(config=st.integers(0, len(NTM_CONFIGS) - 1),
        scale=st.sampled_from([0.0, 1e-3, 1.0, 10.0, 100.0]),
        seed=st.integers(0, 2**16),
