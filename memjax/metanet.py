@@ -1,0 +1,690 @@
+"""Meta Networks (Munkhdalai & Yu 2017, ICML, arXiv:1703.00837) as a Flax module.
+
+MetaNet classifies the queries of one N-way episode from its labelled support
+set. It has four parts, each written here as a pure function of an explicit
+parameter pytree, so that meta information can be computed with ``jax.grad``
+inside the forward pass:
+
+* the embedding function u (the paper's dynamic representation learning
+  function): a conv net with slow weights Q and task-level fast weights Q*;
+* the base learner b: a conv net with slow weights W and example-level fast
+  weights W*_i, one set per support example;
+* the meta learner d (slow weights G), a coordinate-wise LSTM that turns the
+  embedding loss gradients of the support set into Q*;
+* the meta learner m (slow weights Z), a coordinate-wise MLP 2→20→20→1 that
+  turns each support example's base-learner loss gradient into W*_i.
+
+One forward pass (the paper's Algorithm 1, one-shot supervised learning)::
+
+  for chunk t = 1..T of the support set:                        (meta info of u)
+    ∇_t = ∇_Q L_emb(u(Q, ·), chunk t)
+  Q* = d(G, ∇_1..∇_T)                                            (task-level)
+  for every support example i:                                  (meta info of b)
+    ∇_i = ∇_W L_task(b(W, x'_i), y'_i)
+    W*_i = m(Z, ∇_i);  M[i] = W*_i                               (value memory)
+    r'_i = u(Q, Q*, x'_i);  R[i] = r'_i                          (key memory)
+  for every query x:
+    r = u(Q, Q*, x)
+    a = softmax_i cos(R[i], r)                                   (attention)
+    W* = Σ_i a_i M[i]                                            (retrieval)
+    logits = b(W, W*, x)
+  loss = Σ_queries L_task(logits, y)
+
+Gradients are fed to d and m preprocessed as in Andrychowicz et al. (2016),
+k = 7 (:func:`preprocess_gradients`), coordinate-wise: every parameter is
+one "example" of the small meta nets, with weights shared across coordinates
+(one net for the conv kernels and one for the FC matrices, as in the authors'
+code). Per-example gradients are ``jax.vmap(jax.grad(loss))`` over the
+support set — no Python loop over examples.
+
+Layer augmentation (§3.3): every layer outputs ReLU(slow branch) + ReLU(fast
+branch); the logits layer outputs slow + fast, and so does the embedding's
+representation layer (FC-64, linear as in the authors' code, so that cosine
+similarities can be negative).
+
+First order by default: the meta information (the gradients) is put under
+``jax.lax.stop_gradient``, as in the paper, so training does not differentiate
+through ``jax.grad``; ``second_order=True`` differentiates through it
+(Hessian-vector products).
+
+Choices where the paper leaves room, or where this differs (the defaults follow
+the authors' Omniglot model — 28×28×1 inputs, 5 conv blocks of 64 3×3 filters,
+ReLU and 2×2 max-pooling, then FC 64 and FC N, no biases — with fast weights on
+*all* layers of both nets, as the authors' "MetaNetFull"):
+
+* Embedding loss (``embedding_loss``). ``'contrastive'`` (default) follows the
+  paper's representation loss on pairs of support examples,
+  L_i = loss_emb(u(Q, x'_{1,i}), u(Q, x'_{2,i}), l_i) with l_i = 1 for a
+  same-class pair: the pairs are (x'_i, x'_{(i+1) mod S}) of the (shuffled)
+  support set, and loss_emb is binary cross-entropy on s · cos(r_1, r_2),
+  s = ``contrastive_scale`` — a non-saturating contrastive loss whose gradient
+  never vanishes, so the meta information never collapses to zeros. (In
+  1-shot episodes every pair is a negative pair.) ``'cross_entropy'`` is the
+  authors' Chainer code: softmax cross-entropy of an FC-N head on u(Q, x'_i).
+* Chunks. The support pairs (or examples) are split into T = ``num_chunks``
+  consecutive chunks (T = 5 as in the authors' code, at most S); ∇_t is the
+  gradient of the chunk's mean loss; d runs over ∇_1..∇_T and Q* is its output
+  at the last step.
+* Scale of the fast weights. m and d emit fast weights in units of each
+  layer's He-initialisation scale (W* = sqrt(2 / fan_in) · m(∇), or
+  sqrt(1 / fan_in) for the logits layer), and their output layers start small
+  (std 0.01), so that training starts near the slow network. The authors'
+  code emits raw values; with 576-input conv kernels those make the fast branch
+  blow activations up by orders of magnitude at initialisation.
+* ``fast_layers='fc'`` restricts fast weights to the FC layers of both nets
+  (much cheaper: the per-query fast conv kernels dominate the cost).
+* With ``use_example_fast_weights=False`` the base learner has no route to the
+  support set, and its output is the slow network's: the embedding net (and
+  its task-level fast weights) then does not affect the logits.
+
+Example::
+
+  model = MetaNet(num_classes=5)
+  params = model.init(key, support, support_labels, query)
+  logits = model.apply(params, support, support_labels, query)   # [Q, 5]
+  # a batch of episodes: vmap at the call site
+  jax.vmap(model.apply, in_axes=(None, 0, 0, 0))(params, S, SL, QX)
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, NamedTuple, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.flatten_util import ravel_pytree
+
+from memjax import addressing
+
+__all__ = [
+    "EMBEDDING_LOSSES",
+    "FAST_LAYERS",
+    "GRADIENT_PREPROCESS_K",
+    "MetaNet",
+    "MixedWeights",
+    "conv_features",
+    "embed",
+    "init_conv_net",
+    "init_lstm",
+    "init_mlp",
+    "lstm_apply",
+    "mlp_apply",
+    "net_logits",
+    "preprocess_gradients",
+    "retrieve",
+]
+
+GRADIENT_PREPROCESS_K = 7.0
+EMBEDDING_LOSSES = ("contrastive", "cross_entropy")
+FAST_LAYERS = ("all", "fc")
+# Std of the output layer of m and d at initialisation (in units of each layer's
+# He scale, see the module docstring): the fast branch starts as a small
+# perturbation of the slow network, yet its ReLUs are not all dead.
+_META_OUT_INIT_STD = 0.01
+
+Params = dict[str, jax.Array]
+
+
+# ----------------------------------------------------------------------------
+# Meta information preprocessing.
+
+
+def preprocess_gradients(g: jax.Array, k: float = GRADIENT_PREPROCESS_K) -> jax.Array:
+  """Gradient preprocessing of Andrychowicz et al. (2016, §3.2).
+
+  g ↦ (log|g| / k, sign(g))   if |g| ≥ e^{−k},
+      (−1, e^k · g)           otherwise.
+
+  Both branches are finite with finite derivatives everywhere (log is taken of
+  max(|g|, e^{−k}) only), so the result can be differentiated (second order).
+
+  Args:
+    g: [...] gradient coordinates.
+    k: the constant k (7 in MetaNet).
+
+  Returns:
+    [..., 2] preprocessed coordinates.
+  """
+  a = jnp.abs(g)
+  big = a >= np.exp(-k)
+  log_part = jnp.where(big, jnp.log(jnp.maximum(a, np.exp(-k))) / k, -1.0)
+  sign_part = jnp.where(big, jnp.sign(g), np.exp(k) * g)
+  return jnp.stack([log_part, sign_part], axis=-1)
+
+
+# ----------------------------------------------------------------------------
+# The conv nets u and b as pure functions of their parameters.
+
+
+def _pooled(n: int) -> int:
+  """Side after a 2×2, stride-2, 'SAME' max-pool; pooling stops at size 1."""
+  return n if n == 1 else -(-n // 2)
+
+
+def _fan_in(name: str, shape: Sequence[int]) -> int:
+  return int(np.prod(shape[:-1]))
+
+
+def _he_scale(name: str, shape: Sequence[int]) -> float:
+  """sqrt(2 / fan_in) for ReLU layers, sqrt(1 / fan_in) for the output layer."""
+  return float(np.sqrt((1.0 if name == "fc2" else 2.0) / _fan_in(name, shape)))
+
+
+def net_shapes(image_shape: Sequence[int], filters: int, num_blocks: int, hidden: int,
+               num_outputs: int | None) -> dict[str, tuple[int, ...]]:
+  """Parameter shapes of a conv net (conv{b} [3, 3, C_in, F], fc1 [D, hidden],
+  fc2 [hidden, num_outputs]; no biases, as the authors' code)."""
+  h, w, c = image_shape
+  shapes = {}
+  for b in range(num_blocks):
+    shapes[f"conv{b}"] = (3, 3, c if b == 0 else filters, filters)
+    h, w = _pooled(h), _pooled(w)
+  shapes["fc1"] = (h * w * (filters if num_blocks else c), hidden)
+  if num_outputs is not None:
+    shapes["fc2"] = (hidden, num_outputs)
+  return shapes
+
+
+def init_conv_net(key: jax.Array, shapes: dict[str, tuple[int, ...]]) -> Params:
+  """He-normal kernels (LeCun-normal for the logits layer fc2)."""
+  keys = jax.random.split(key, len(shapes))
+  return {name: _he_scale(name, shape) * jax.random.normal(k, shape, jnp.float32)
+          for k, (name, shape) in zip(keys, sorted(shapes.items()))}
+
+
+def _conv(x: jax.Array, kernel: jax.Array) -> jax.Array:
+  """3×3 'SAME' convolution of one image x [H, W, C] with kernel [3, 3, C, F]."""
+  return jax.lax.conv_general_dilated(x[None], kernel, (1, 1), "SAME",
+                                      dimension_numbers=("NHWC", "HWIO", "NHWC"))[0]
+
+
+class MixedWeights(NamedTuple):
+  """The retrieved fast weights Σ_i a_i values[i] of one layer, kept unmixed.
+
+  A query's fast weights are a convex combination of the S support examples'
+  fast weights. Materialising them per query makes every query's conv use its
+  own kernel, which XLA lowers to a grouped convolution — on CPU ~20× slower
+  than a dense one, its gradient far more. Convolution is linear in the
+  kernel, so conv(x, Σ_i a_i V_i) = Σ_i a_i conv(x, V_i) is computed instead as
+  one dense conv with the S kernels stacked along the output channels (for
+  S ≤ 8), or as an im2col matmul with the mixed kernel (larger S). Both are
+  exact; only the cost differs.
+
+  Attributes:
+    values: [S, *layer shape] the support examples' fast weights (memory M).
+    weights: [S] attention a (softmax of cosine similarities).
+  """
+  values: jax.Array
+  weights: jax.Array
+
+  def mix(self) -> jax.Array:
+    return jnp.tensordot(self.weights, self.values, axes=1)
+
+
+_STACKED_CONV_MAX_S = 8
+
+
+def _conv_any(x: jax.Array, kernel) -> jax.Array:
+  """:func:`_conv` with a plain kernel or a :class:`MixedWeights` one."""
+  if not isinstance(kernel, MixedWeights):
+    return _conv(x, kernel)
+  s, kh, kw, c, f = kernel.values.shape
+  if s <= _STACKED_CONV_MAX_S:
+    stacked = jnp.moveaxis(kernel.values, 0, 3).reshape(kh, kw, c, s * f)
+    y = _conv(x, stacked).reshape(*x.shape[:2], s, f)
+    return jnp.einsum("hwsf,s->hwf", y, kernel.weights)
+  patches = jax.lax.conv_general_dilated_patches(
+      x[None], (kh, kw), (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))[0]
+  mixed = jnp.moveaxis(kernel.mix(), 2, 0).reshape(c * kh * kw, f)  # patches are (C, kh, kw)
+  return patches @ mixed
+
+
+def _max_pool(x: jax.Array) -> jax.Array:
+  """2×2 stride-2 'SAME' max-pool of x [H, W, F]; an axis of size 1 is kept."""
+  h, w, _ = x.shape
+  window = (min(h, 2), min(w, 2), 1)
+  return jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, window, window, "SAME")
+
+
+def _augmented(slow_out: jax.Array, fast_out: jax.Array | None) -> jax.Array:
+  """Layer augmentation (§3.3): ReLU(slow) + ReLU(fast)."""
+  y = jax.nn.relu(slow_out)
+  return y if fast_out is None else y + jax.nn.relu(fast_out)
+
+
+def _fast(fast: Params | None, name: str) -> jax.Array | None:
+  return None if fast is None else fast.get(name)
+
+
+def conv_features(slow: Params, fast: Params | None, x: jax.Array) -> jax.Array:
+  """The conv blocks of u or b on one image, flattened.
+
+  h_b = maxpool(ReLU(conv(h_{b−1}, slow_b)) + ReLU(conv(h_{b−1}, fast_b))).
+
+  Args:
+    slow: slow weights (``conv0``..``conv{B−1}``, ...).
+    fast: fast weights for any subset of the layers (same shapes, or
+      :class:`MixedWeights`), or None.
+    x: [H, W, C] image.
+
+  Returns:
+    [D] features (D = fc1's fan-in).
+  """
+  h = x
+  b = 0
+  while f"conv{b}" in slow:
+    name = f"conv{b}"
+    fw = _fast(fast, name)
+    h = _max_pool(_augmented(_conv(h, slow[name]), None if fw is None else _conv_any(h, fw)))
+    b += 1
+  return h.reshape(-1)
+
+
+def _linear(h: jax.Array, slow: Params, fast: Params | None, name: str) -> tuple:
+  fw = _fast(fast, name)
+  if isinstance(fw, MixedWeights):
+    fw = fw.mix()
+  return h @ slow[name], (None if fw is None else h @ fw)
+
+
+def net_logits(slow: Params, fast: Params | None, x: jax.Array) -> jax.Array:
+  """The base learner b(W, W*, x) on one image (also u's FC-N head).
+
+  h = ReLU(f W_1) + ReLU(f W*_1);  logits = h W_2 + h W*_2,  f = conv_features.
+
+  Args:
+    slow: slow weights with ``fc1`` and ``fc2``.
+    fast: fast weights for any subset of the layers, or None.
+    x: [H, W, C] image.
+
+  Returns:
+    [N] logits.
+  """
+  h = _augmented(*_linear(conv_features(slow, fast, x), slow, fast, "fc1"))
+  s, f = _linear(h, slow, fast, "fc2")
+  return s if f is None else s + f
+
+
+def embed(slow: Params, fast: Params | None, x: jax.Array) -> jax.Array:
+  """The representation u(Q, Q*, x) of one image: r = f Q_1 + f Q*_1 (linear).
+
+  Args:
+    slow: slow weights Q (``conv*``, ``fc1``).
+    fast: task-level fast weights Q* for any subset of the layers, or None.
+    x: [H, W, C] image.
+
+  Returns:
+    [hidden] representation (a memory key).
+  """
+  s, f = _linear(conv_features(slow, fast, x), slow, fast, "fc1")
+  return s if f is None else s + f
+
+
+def _cross_entropy(logits: jax.Array, label: jax.Array) -> jax.Array:
+  return -jax.nn.log_softmax(logits)[label]
+
+
+# ----------------------------------------------------------------------------
+# The coordinate-wise meta learners m (MLP) and d (LSTM).
+
+
+def init_mlp(key: jax.Array, sizes: Sequence[int] = (2, 20, 20, 1)) -> dict:
+  """LeCun-normal hidden layers, zero biases; a small output layer."""
+  keys = jax.random.split(key, len(sizes) - 1)
+  params = {}
+  for i, (k, n_in, n_out) in enumerate(zip(keys, sizes[:-1], sizes[1:])):
+    std = _META_OUT_INIT_STD if i == len(sizes) - 2 else 1.0 / np.sqrt(n_in)
+    params[f"w{i}"] = std * jax.random.normal(k, (n_in, n_out), jnp.float32)
+    params[f"b{i}"] = jnp.zeros((n_out,), jnp.float32)
+  return params
+
+
+def mlp_apply(params: dict, x: jax.Array) -> jax.Array:
+  """Coordinate-wise MLP m: [..., 2] → [...] (ReLU hidden layers, linear output)."""
+  n = len(params) // 2
+  for i in range(n):
+    x = x @ params[f"w{i}"] + params[f"b{i}"]
+    if i < n - 1:
+      x = jax.nn.relu(x)
+  return x[..., 0]
+
+
+def init_lstm(key: jax.Array, hidden: int = 20, inputs: int = 2) -> dict:
+  """LSTM weights (gates i, f, g, o; forget bias 1) and a small linear read-out."""
+  k1, k2, k3 = jax.random.split(key, 3)
+  return {
+      "wx": jax.random.normal(k1, (inputs, 4 * hidden), jnp.float32) / np.sqrt(inputs),
+      "wh": jax.random.normal(k2, (hidden, 4 * hidden), jnp.float32) / np.sqrt(hidden),
+      "b": jnp.zeros((4 * hidden,), jnp.float32).at[hidden:2 * hidden].set(1.0),
+      "w_out": _META_OUT_INIT_STD * jax.random.normal(k3, (hidden, 1), jnp.float32),
+      "b_out": jnp.zeros((1,), jnp.float32),
+  }
+
+
+def lstm_apply(params: dict, xs: jax.Array) -> jax.Array:
+  """Coordinate-wise LSTM d over a sequence of preprocessed gradients.
+
+  i, f, g, o = σ, σ, tanh, σ of (x_t W_x + h_{t−1} W_h + b);
+  c_t = f c_{t−1} + i g;  h_t = o tanh(c_t);  output = h_T w_out + b_out.
+
+  Args:
+    params: from :func:`init_lstm`.
+    xs: [T, P, 2] the T preprocessed chunk gradients of P coordinates.
+
+  Returns:
+    [P] the read-out of the last hidden state, one value per coordinate.
+  """
+  hidden = params["wh"].shape[0]
+  p = xs.shape[1]
+
+  @jax.checkpoint  # keeps only the [P, 2H] carries for the backward pass
+  def step(carry, x):
+    h, c = carry
+    z = x @ params["wx"] + h @ params["wh"] + params["b"]
+    i, f, g, o = jnp.split(z, 4, axis=-1)
+    c = jax.nn.sigmoid(f) * c + jax.nn.sigmoid(i) * jnp.tanh(g)
+    h = jax.nn.sigmoid(o) * jnp.tanh(c)
+    return (h, c), None
+
+  zeros = jnp.zeros((p, hidden), xs.dtype)
+  (h, _), _ = jax.lax.scan(step, (zeros, zeros), xs)
+  return (h @ params["w_out"] + params["b_out"])[:, 0]
+
+
+def _layer_groups(names: Sequence[str], fast_layers: str) -> dict[str, list[str]]:
+  """Which layers get fast weights, by meta-net group ('conv' / 'fc')."""
+  groups = {"fc": [n for n in names if n.startswith("fc")]}
+  if fast_layers == "all":
+    groups["conv"] = [n for n in names if n.startswith("conv")]
+  return {g: sorted(v) for g, v in groups.items() if v}
+
+
+def _generate(nets: dict, grads: Params, groups: dict[str, list[str]], apply_fn) -> Params:
+  """Fast weights for the layers of ``groups`` from one gradient pytree.
+
+  For each group: ravel the group's gradients to [P] (with any leading axes
+  handled by the caller), preprocess to [P, 2], apply the group's
+  coordinate-wise net, unravel, and scale each layer by its He scale.
+  """
+  fast = {}
+  for group, names in groups.items():
+    flat, unravel = ravel_pytree({n: grads[n] for n in names})
+    out = unravel(apply_fn(nets[group], preprocess_gradients(flat)))
+    fast.update({n: _he_scale(n, grads[n].shape) * out[n] for n in names})
+  return fast
+
+
+def retrieve(keys: jax.Array, values: Any, query: jax.Array) -> tuple[jax.Array, Any]:
+  """Reads a query's fast weights from the example-level memory (§3.2).
+
+  a_i = softmax_i cos(R[i], r);   W* = Σ_i a_i M[i].
+
+  Args:
+    keys: [S, D] key memory R (support representations).
+    values: pytree of [S, ...] value memory M (support fast weights).
+    query: [D] the query representation r.
+
+  Returns:
+    (a [S] attention weights, pytree of [...] retrieved fast weights).
+  """
+  a = jax.nn.softmax(addressing.cosine_similarity(keys, query))
+  return a, jax.tree.map(lambda v: jnp.tensordot(a, v, axes=1), values)
+
+
+# Jitted initialisers for the module: un-jitted, every random draw of a new
+# shape is compiled on its own, which makes ``init`` take seconds.
+@functools.partial(jax.jit, static_argnums=1)
+def _init_net_jit(key, shape_items):
+  return init_conv_net(key, dict(shape_items))
+
+
+@functools.partial(jax.jit, static_argnums=(1, 2))
+def _init_mlps_jit(key, groups, sizes):
+  return {g: init_mlp(k, sizes) for g, k in zip(groups, jax.random.split(key, len(groups)))}
+
+
+@functools.partial(jax.jit, static_argnums=(1, 2))
+def _init_lstms_jit(key, groups, hidden):
+  return {g: init_lstm(k, hidden) for g, k in zip(groups, jax.random.split(key, len(groups)))}
+
+
+# ----------------------------------------------------------------------------
+# The Flax module.
+
+
+class MetaNet(nn.Module):
+  """Meta Networks for N-way classification of one episode.
+
+  ``apply(params, support_images [S, H, W, C], support_labels [S] int,
+  query_images [Q, H, W, C]) -> logits [Q, N]``; vmap at the call site for a
+  batch of episodes. ``init`` checks the arguments and creates the parameters
+  without running the forward pass (``init_with_output`` returns zeros).
+
+  Attributes:
+    num_classes: N, classes per episode (labels 0..N−1).
+    image_shape: (H, W, C) of the images (28×28×1 in the paper).
+    filters: conv filters per block (64).
+    num_blocks: conv blocks (5); pooling stops once the spatial size is 1.
+    hidden: width of the FC layer after the conv blocks (64); also the
+      representation (key) size.
+    meta_hidden: hidden units of m (2→h→h→1) and of d's LSTM (20).
+    num_chunks: T, support chunks that d runs over (5; at most S are used).
+    embedding_loss: ``'contrastive'`` (the paper's pairwise representation
+      loss) or ``'cross_entropy'`` (the authors' code); see the module docs.
+    contrastive_scale: s in the pair loss BCE(s · cos(r_1, r_2), l).
+    fast_layers: ``'all'`` (every layer of both nets, the default) or ``'fc'``.
+    use_task_fast_weights: generate Q* for the embedding net u.
+    use_example_fast_weights: generate W*_i and retrieve them for the queries.
+    second_order: differentiate through the meta information.
+  """
+  num_classes: int
+  image_shape: tuple[int, int, int] = (28, 28, 1)
+  filters: int = 64
+  num_blocks: int = 5
+  hidden: int = 64
+  meta_hidden: int = 20
+  num_chunks: int = 5
+  embedding_loss: str = "contrastive"
+  contrastive_scale: float = 5.0
+  fast_layers: str = "all"
+  use_task_fast_weights: bool = True
+  use_example_fast_weights: bool = True
+  second_order: bool = False
+
+  def setup(self):
+    for name in ("num_classes", "filters", "num_blocks", "hidden", "meta_hidden", "num_chunks"):
+      value = getattr(self, name)
+      if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < (
+          0 if name == "num_blocks" else 1):
+        raise ValueError(f"argument `{name}`: expected a positive int, got {value!r}")
+    shape = tuple(self.image_shape)
+    if len(shape) != 3 or any(isinstance(s, bool) or not isinstance(s, (int, np.integer)) or s < 1
+                              for s in shape):
+      raise ValueError(f"argument `image_shape`: expected (H, W, C) positive ints, got "
+                       f"{self.image_shape!r}")
+    if self.embedding_loss not in EMBEDDING_LOSSES:
+      raise ValueError(f"argument `embedding_loss`: expected one of {EMBEDDING_LOSSES}, got "
+                       f"{self.embedding_loss!r}")
+    if self.fast_layers not in FAST_LAYERS:
+      raise ValueError(f"argument `fast_layers`: expected one of {FAST_LAYERS}, got "
+                       f"{self.fast_layers!r}")
+    base_shapes = net_shapes(shape, self.filters, self.num_blocks, self.hidden, self.num_classes)
+    self.base = self.param("base", lambda k: _init_net_jit(k, tuple(base_shapes.items())))
+    self._groups_base = _layer_groups(list(base_shapes), self.fast_layers)
+    if self.use_example_fast_weights:
+      emb_out = self.num_classes if self.embedding_loss == "cross_entropy" else None
+      emb_shapes = net_shapes(shape, self.filters, self.num_blocks, self.hidden, emb_out)
+      self.embedding = self.param("embedding",
+                                  lambda k: _init_net_jit(k, tuple(emb_shapes.items())))
+      sizes = (2, self.meta_hidden, self.meta_hidden, 1)
+      self.meta_example = self.param(
+          "meta_example", lambda k: _init_mlps_jit(k, tuple(self._groups_base), sizes))
+      if self.use_task_fast_weights:
+        # The FC-N head (cross-entropy only) serves only the embedding loss: no fast weights.
+        self._groups_emb = _layer_groups([n for n in emb_shapes if n != "fc2"], self.fast_layers)
+        self.meta_task = self.param(
+            "meta_task", lambda k: _init_lstms_jit(k, tuple(self._groups_emb), self.meta_hidden))
+
+  def init_params(self) -> None:
+    """Touches every parameter (``model.init(key, method=MetaNet.init_params)``
+    creates them all without any input)."""
+    for name in ("base", "embedding", "meta_example", "meta_task"):
+      if hasattr(self, name):
+        getattr(self, name)
+
+  # -- argument checks -------------------------------------------------------
+
+  def _check_images(self, name: str, x) -> jax.Array:
+    shape = getattr(x, "shape", None)
+    dtype = getattr(x, "dtype", None)
+    if shape is None or dtype is None:
+      raise ValueError(f"argument `{name}`: expected an array [*, H, W, C], got {type(x).__name__}")
+    if not jnp.issubdtype(dtype, jnp.floating):
+      raise ValueError(f"argument `{name}`: expected a floating-point array, got dtype {dtype}")
+    want = tuple(self.image_shape)
+    if len(shape) != 4 or tuple(shape[1:]) != want or shape[0] < 1:
+      raise ValueError(f"argument `{name}`: expected shape [n >= 1, {want[0]}, {want[1]}, "
+                       f"{want[2]}] (one episode; vmap over episodes), got {list(shape)}")
+    return x
+
+  def _check_support(self, images, labels) -> tuple[jax.Array, jax.Array]:
+    images = self._check_images("support_images", images)
+    shape = getattr(labels, "shape", None)
+    dtype = getattr(labels, "dtype", None)
+    if shape is None or dtype is None or not jnp.issubdtype(dtype, jnp.integer):
+      raise ValueError(f"argument `support_labels`: expected an int array [S], got "
+                       f"{getattr(dtype, 'name', type(labels).__name__)}")
+    if tuple(shape) != (images.shape[0],):
+      raise ValueError(f"argument `support_labels`: expected shape [{images.shape[0]}] (one label "
+                       f"per support image), got {list(shape)}")
+    return images, labels
+
+  # -- the meta learners -------------------------------------------------------
+
+  def _meta_info(self, grads):
+    return grads if self.second_order else jax.lax.stop_gradient(grads)
+
+  def task_fast_weights(self, support_images: jax.Array, support_labels: jax.Array) -> Params:
+    """Q* = d(G, {∇_t}_{t=1}^T), ∇_t = ∇_Q (mean embedding loss of chunk t).
+
+    Args:
+      support_images: [S, H, W, C].
+      support_labels: int [S].
+
+    Returns:
+      Task-level fast weights: a dict of [layer shape] arrays for the
+      embedding layers that get fast weights.
+    """
+    sx, sy = self._check_support(support_images, support_labels)
+    if not (self.use_task_fast_weights and self.use_example_fast_weights):
+      raise ValueError("task_fast_weights needs use_task_fast_weights=True and "
+                       "use_example_fast_weights=True")
+    q = self.embedding
+    s = sx.shape[0]
+    if self.embedding_loss == "contrastive":
+      partner = (jnp.arange(s) + 1) % s
+
+      def loss(params, x1, x2, same):
+        r1, r2 = embed(params, None, x1), embed(params, None, x2)
+        logit = self.contrastive_scale * addressing.cosine_similarity(r1[None], r2)[0]
+        return jnp.where(same, jax.nn.softplus(-logit), jax.nn.softplus(logit))
+
+      grads = jax.vmap(jax.grad(loss), in_axes=(None, 0, 0, 0))(
+          q, sx, sx[partner], sy == sy[partner])
+    else:
+      def loss(params, x, y):
+        h = jax.nn.relu(embed(params, None, x))
+        return _cross_entropy(h @ params["fc2"], y)
+
+      grads = jax.vmap(jax.grad(loss), in_axes=(None, 0, 0))(q, sx, sy)
+    grads = self._meta_info(grads)
+    t = min(self.num_chunks, s)
+    chunk = (np.arange(s) * t) // s  # consecutive chunks, sizes differ by at most 1
+    avg = np.eye(t, dtype=np.float32)[chunk].T
+    avg = jnp.asarray(avg / avg.sum(axis=1, keepdims=True))  # [T, S]: mean over each chunk
+    chunk_grads = jax.tree.map(lambda g: jnp.tensordot(avg, g, axes=1), grads)  # [T, ...]
+    fast = {}
+    for group, names in self._groups_emb.items():
+      flat = jax.vmap(lambda g: ravel_pytree({n: g[n] for n in names})[0])(chunk_grads)  # [T, P]
+      _, unravel = ravel_pytree({n: q[n] for n in names})
+      out = unravel(lstm_apply(self.meta_task[group], preprocess_gradients(flat)))
+      fast.update({n: _he_scale(n, q[n].shape) * out[n] for n in names})
+    return fast
+
+  def example_fast_weights(self, support_images: jax.Array, support_labels: jax.Array) -> Params:
+    """W*_i = m(Z, ∇_W L_task(b(W, x'_i), y'_i)) for every support example.
+
+    Args:
+      support_images: [S, H, W, C].
+      support_labels: int [S].
+
+    Returns:
+      The value memory M: a dict of [S, layer shape] arrays for the base
+      learner's layers that get fast weights.
+    """
+    sx, sy = self._check_support(support_images, support_labels)
+    if not self.use_example_fast_weights:
+      raise ValueError("example_fast_weights needs use_example_fast_weights=True")
+    w = self.base
+
+    def loss(params, x, y):
+      return _cross_entropy(net_logits(params, None, x), y)
+
+    grads = self._meta_info(jax.vmap(jax.grad(loss), in_axes=(None, 0, 0))(w, sx, sy))
+    return jax.vmap(lambda g: _generate(self.meta_example, g, self._groups_base, mlp_apply))(grads)
+
+  def representations(self, images: jax.Array, task_fast: Params | None) -> jax.Array:
+    """r = u(Q, Q*, x) for [n, H, W, C] images → [n, hidden]."""
+    return jax.vmap(lambda x: embed(self.embedding, task_fast, x))(images)
+
+  def _memory(self, support_images, support_labels):
+    task_fast = (self.task_fast_weights(support_images, support_labels)
+                 if self.use_task_fast_weights else None)
+    keys = self.representations(support_images, task_fast)
+    values = self.example_fast_weights(support_images, support_labels)
+    return task_fast, keys, values
+
+  def attention(self, support_images: jax.Array, support_labels: jax.Array,
+                query_images: jax.Array) -> jax.Array:
+    """[Q, S] attention of every query over the support examples (softmax of cos)."""
+    sx, sy = self._check_support(support_images, support_labels)
+    qx = self._check_images("query_images", query_images)
+    if not self.use_example_fast_weights:
+      raise ValueError("attention needs use_example_fast_weights=True")
+    task_fast, keys, _ = self._memory(sx, sy)
+    return jax.vmap(lambda r: jax.nn.softmax(addressing.cosine_similarity(keys, r)))(
+        self.representations(qx, task_fast))
+
+  def __call__(self, support_images: jax.Array, support_labels: jax.Array,
+               query_images: jax.Array) -> jax.Array:
+    """Classifies the queries of one episode.
+
+    Args:
+      support_images: [S, H, W, C] float support set.
+      support_labels: int [S] labels in 0..N−1.
+      query_images: [Q, H, W, C] float queries.
+
+    Returns:
+      [Q, N] logits b(W, W*_q, x_q).
+    """
+    sx, sy = self._check_support(support_images, support_labels)
+    qx = self._check_images("query_images", query_images)
+    if self.is_initializing():
+      # Declaring the parameters needs no forward pass; running one here would
+      # run un-jitted, op by op (~30 s for the default model).
+      self.init_params()
+      return jnp.zeros((qx.shape[0], self.num_classes), jnp.float32)
+    if not self.use_example_fast_weights:
+      return jax.vmap(lambda x: net_logits(self.base, None, x))(qx)
+    task_fast, keys, values = self._memory(sx, sy)
+    query_keys = self.representations(qx, task_fast)
+
+    def classify(x, r):
+      # retrieve(keys, values, r), with the mixing left to the layers (MixedWeights).
+      a = jax.nn.softmax(addressing.cosine_similarity(keys, r))
+      return net_logits(self.base, {n: MixedWeights(v, a) for n, v in values.items()}, x)
+
+    return jax.vmap(classify)(qx, query_keys)

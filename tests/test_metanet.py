@@ -1,0 +1,335 @@
+"""MetaNet: meta information, first/second order, layer augmentation, retrieval, learning."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import chex
+import jax
+import jax.flatten_util
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from memjax import metanet, training
+from memjax.metanet import MetaNet, MixedWeights
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = dict(num_classes=3, image_shape=(8, 8, 1), filters=4, num_blocks=2, hidden=8)
+MICRO = dict(num_classes=3, image_shape=(4, 4, 1), filters=2, num_blocks=1, hidden=4)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def fast_compiles():
+  """These tests compile many small, different graphs: skip XLA's optimisation
+  passes (about half the compile time), and restore the setting afterwards."""
+  old = jax.config.read("jax_disable_most_optimizations")
+  jax.config.update("jax_disable_most_optimizations", True)
+  yield
+  jax.config.update("jax_disable_most_optimizations", old)
+
+
+def episode(key, cfg, labels=(0, 0, 1, 1, 2, 2), num_query=4):
+  h, w, c = cfg["image_shape"]
+  k1, k2 = jax.random.split(key)
+  sx = jax.random.uniform(k1, (len(labels), h, w, c))
+  qx = jax.random.uniform(k2, (num_query, h, w, c))
+  return sx, jnp.asarray(labels, jnp.int32), qx
+
+
+@pytest.fixture(scope="module")
+def tiny():
+  model = MetaNet(**TINY)
+  sx, sy, qx = episode(jax.random.key(1), TINY)
+  params = model.init(jax.random.key(0), sx, sy, qx)
+  return model, params, (sx, sy, qx), jax.jit(model.apply)
+
+
+def _ce(logits, y):
+  return -jax.nn.log_softmax(logits)[y]
+
+
+# ----------------------------------------------------------------------------
+# Pure pieces.
+
+
+def test_preprocess_gradients_matches_definition():
+  k = 7.0
+  g = np.array([0.5, -2.0, 1e-2, -1e-4, 1e-3, 0.0, np.exp(-k)], np.float32)
+  want = np.stack([np.where(np.abs(g) >= np.exp(-k), np.log(np.maximum(np.abs(g), 1e-30)) / k, -1.0),
+                   np.where(np.abs(g) >= np.exp(-k), np.sign(g), np.exp(k) * g)], -1)
+  np.testing.assert_allclose(metanet.preprocess_gradients(jnp.asarray(g)), want, rtol=1e-5, atol=1e-6)
+  d = jax.grad(lambda x: jnp.sum(metanet.preprocess_gradients(x)))(jnp.asarray(g))
+  assert np.all(np.isfinite(d))  # finite at 0 and at the branch point: second order is safe
+
+
+@pytest.mark.parametrize("s", [3, 11])  # stacked-kernel path (S <= 8) and im2col path
+def test_mixed_weights_conv_equals_materialised_kernel(s):
+  k1, k2, k3 = jax.random.split(jax.random.key(0), 3)
+  x = jax.random.normal(k1, (5, 5, 3))
+  values = jax.random.normal(k2, (s, 3, 3, 3, 4))
+  a = jax.nn.softmax(jax.random.normal(k3, (s,)))
+  mixed = MixedWeights(values, a)
+  np.testing.assert_allclose(metanet._conv_any(x, mixed), metanet._conv(x, mixed.mix()),
+                             rtol=1e-4, atol=1e-5)
+
+
+def test_zero_fast_weights_reproduce_slow_network(tiny):
+  model, params, (sx, sy, qx), forward = tiny
+  base = params["params"]["base"]
+  slow = jax.vmap(lambda x: metanet.net_logits(base, None, x))(qx)
+  zeros = jax.tree.map(jnp.zeros_like, base)
+  np.testing.assert_allclose(jax.vmap(lambda x: metanet.net_logits(base, zeros, x))(qx), slow,
+                             rtol=1e-6, atol=1e-6)
+  # Disabling both fast paths gives the slow base learner, from the same base weights.
+  slow_model = MetaNet(**TINY, use_task_fast_weights=False, use_example_fast_weights=False)
+  slow_params = slow_model.init(jax.random.key(0), sx, sy, qx)
+  assert set(slow_params["params"]) == {"base"}
+  out = slow_model.apply({"params": {"base": base}}, sx, sy, qx)
+  np.testing.assert_allclose(out, slow, rtol=1e-6, atol=1e-6)
+  # The full model with m's output layers zeroed generates zero fast weights: slow output again.
+  p = jax.tree.map(lambda a: a, params)
+  for group in p["params"]["meta_example"].values():
+    group["w2"] = jnp.zeros_like(group["w2"])
+    group["b2"] = jnp.zeros_like(group["b2"])
+  np.testing.assert_allclose(forward(p, sx, sy, qx), slow, rtol=1e-5, atol=1e-6)
+
+
+def test_retrieve_constructed_case():
+  keys = jnp.array([[1.0, 0, 0], [0, 1.0, 0], [0, 0, 1.0], [-1.0, 0, 0]])
+  values = {"w": jnp.arange(4.0)[:, None] * jnp.ones((4, 2))}
+  a, out = metanet.retrieve(keys, values, jnp.array([0.1, 0.2, 3.0]))
+  assert int(jnp.argmax(a)) == 2
+  np.testing.assert_allclose(a.sum(), 1.0, rtol=1e-6)
+  np.testing.assert_allclose(out["w"], jnp.full((2,), jnp.dot(a, jnp.arange(4.0))), rtol=1e-6)
+
+
+# ----------------------------------------------------------------------------
+# Meta information inside the module.
+
+
+def test_per_example_meta_information_equals_python_loop(tiny):
+  """W*_i = m(∇_i) with ∇_i from vmap(grad) equals a Python loop of jax.grad."""
+  model, params, (sx, sy, qx), forward = tiny
+  p = params["params"]
+  got = jax.jit(lambda p: model.apply(p, sx, sy, method=MetaNet.example_fast_weights))(params)
+  grad = jax.jit(jax.grad(lambda w, x, y: _ce(metanet.net_logits(w, None, x), y)))
+  meta = jax.jit(lambda z, g: metanet.mlp_apply(z, metanet.preprocess_gradients(g)))
+  for i in range(sx.shape[0]):  # one example at a time
+    g = grad(p["base"], sx[i], sy[i])
+    for group, names in (("conv", ["conv0", "conv1"]), ("fc", ["fc1", "fc2"])):
+      flat, unravel = jax.flatten_util.ravel_pytree({n: g[n] for n in names})
+      out = unravel(meta(p["meta_example"][group], flat))
+      for n in names:
+        want = metanet._he_scale(n, g[n].shape) * out[n]
+        np.testing.assert_allclose(got[n][i], want, rtol=1e-4, atol=1e-7)
+
+
+def test_task_meta_information_equals_python_loop(tiny):
+  """Q* = d(chunk means of pair-loss gradients), pairs (i, i+1 mod S), T = 5 chunks of S = 6."""
+  model, params, (sx, sy, qx), forward = tiny
+  p = params["params"]
+  got = jax.jit(lambda p: model.apply(p, sx, sy, method=MetaNet.task_fast_weights))(params)
+  s = sx.shape[0]
+
+  def pair_loss(q, x1, x2, same):
+    r1, r2 = metanet.embed(q, None, x1), metanet.embed(q, None, x2)
+    cos = jnp.dot(r1, r2) / jnp.sqrt((jnp.sum(r1 ** 2) + 1e-8) * (jnp.sum(r2 ** 2) + 1e-8))
+    logit = model.contrastive_scale * cos
+    return jax.nn.softplus(-logit) if same else jax.nn.softplus(logit)
+
+  grad = jax.jit(jax.grad(pair_loss), static_argnums=3)
+  grads = [grad(p["embedding"], sx[i], sx[(i + 1) % s], bool(sy[i] == sy[(i + 1) % s]))
+           for i in range(s)]
+  chunks = [[0, 1], [2], [3], [4], [5]]  # i * T // S for S = 6, T = 5
+  chunk_grads = [jax.tree.map(lambda *g: sum(g) / len(g), *[grads[i] for i in c]) for c in chunks]
+  for group, names in (("conv", ["conv0", "conv1"]), ("fc", ["fc1"])):
+    flat = jnp.stack([jax.flatten_util.ravel_pytree({n: g[n] for n in names})[0]
+                      for g in chunk_grads])
+    _, unravel = jax.flatten_util.ravel_pytree({n: p["embedding"][n] for n in names})
+    out = unravel(metanet.lstm_apply(p["meta_task"][group], metanet.preprocess_gradients(flat)))
+    for n in names:
+      want = metanet._he_scale(n, p["embedding"][n].shape) * out[n]
+      np.testing.assert_allclose(got[n], want, rtol=1e-3, atol=1e-7)
+
+
+@pytest.mark.parametrize("method,slow,meta", [
+    (MetaNet.example_fast_weights, "base", "meta_example"),
+    (MetaNet.task_fast_weights, "embedding", "meta_task"),
+])
+def test_first_order_stops_gradient_through_meta_information(method, slow, meta):
+  """The fast weights depend on the slow weights only through the meta
+  information (gradients): their Jacobian w.r.t. the slow weights is zero in
+  first-order mode and not in second-order mode; w.r.t. the meta learner it is
+  the same in both."""
+  sx, sy, _ = episode(jax.random.key(2), MICRO)
+  grads = {}
+  for order in (False, True):
+    model = MetaNet(**MICRO, second_order=order)
+    params = model.init(jax.random.key(0), sx, sy, sx)
+    f = lambda p: sum(jnp.sum(jnp.sin(v)) for v in
+                      jax.tree.leaves(model.apply(p, sx, sy, method=method)))
+    grads[order] = jax.jit(jax.grad(f))(params)["params"]
+  first, second = grads[False], grads[True]
+  assert all(np.all(g == 0) for g in jax.tree.leaves(first[slow]))
+  assert any(np.any(np.abs(g) > 1e-9) for g in jax.tree.leaves(second[slow]))
+  for a, b in zip(jax.tree.leaves(first[meta]), jax.tree.leaves(second[meta])):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-8)
+
+
+def test_second_order_changes_only_the_slow_weight_gradients():
+  sx, sy, qx = episode(jax.random.key(3), MICRO)
+  out, grads = {}, {}
+  for order in (False, True):
+    model = MetaNet(**MICRO, second_order=order, fast_layers="fc", use_task_fast_weights=False)
+    params = model.init(jax.random.key(0), sx, sy, qx)
+    f = lambda p: jnp.mean(jax.vmap(_ce)(model.apply(p, sx, sy, qx), sy[:qx.shape[0]] % 3))
+    out[order], grads[order] = jax.jit(jax.value_and_grad(f))(params)
+  np.testing.assert_allclose(out[False], out[True], rtol=1e-6)  # same forward values
+  first, second = grads[False]["params"], grads[True]["params"]
+  for a, b in zip(jax.tree.leaves(first["meta_example"]), jax.tree.leaves(second["meta_example"])):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-8)
+  diff = max(float(jnp.max(jnp.abs(a - b)))
+             for a, b in zip(jax.tree.leaves(first["base"]), jax.tree.leaves(second["base"])))
+  assert diff > 1e-7
+
+
+def test_retrieval_attends_to_the_support_example_of_the_query_class(tiny):
+  """Queries that are copies of the support images (shuffled) attend most to
+  their own support example — the one of their class."""
+  model, params, (sx, sy, _), _ = tiny
+  perm = jnp.array([3, 0, 5, 1, 4, 2])
+  a = jax.jit(lambda p: model.apply(p, sx, sy, sx[perm], method=MetaNet.attention))(params)
+  assert a.shape == (6, 6)
+  np.testing.assert_allclose(a.sum(-1), 1.0, rtol=1e-5)
+  np.testing.assert_array_equal(jnp.argmax(a, -1), perm)
+  np.testing.assert_array_equal(sy[jnp.argmax(a, -1)], sy[perm])
+
+
+# ----------------------------------------------------------------------------
+# The module's contract.
+
+
+def test_shapes_one_compile_and_vmap_over_episodes(tiny):
+  model, params, (sx, sy, qx), forward = tiny
+
+  @jax.jit
+  @chex.assert_max_traces(n=1)
+  def batched(p, s, l, q):
+    return jax.vmap(model.apply, in_axes=(None, 0, 0, 0))(p, s, l, q)
+
+  eps = [(sx, sy, qx), episode(jax.random.key(10), TINY)]
+  s, l, q = (jnp.stack(x) for x in zip(*eps))
+  out = batched(params, s, l, q)
+  out2 = batched(params, s + 0.1, l[:, ::-1], q * 0.5)  # new data, same shapes: no retrace
+  assert out.shape == out2.shape == (2, 4, 3)
+  assert np.all(np.isfinite(out)) and np.all(np.isfinite(out2))
+  single = forward(params, *eps[1])
+  np.testing.assert_allclose(out[1], single, rtol=1e-4, atol=1e-5)
+
+
+def test_bad_arguments_raise_naming_the_argument(tiny):
+  model, params, (sx, sy, qx), forward = tiny
+  with pytest.raises(ValueError, match="support_images"):
+    model.apply(params, sx[..., 0], sy, qx)
+  with pytest.raises(ValueError, match="query_images"):
+    model.apply(params, sx, sy, qx[:, :4])
+  with pytest.raises(ValueError, match="support_labels"):
+    model.apply(params, sx, sy.astype(jnp.float32), qx)
+  with pytest.raises(ValueError, match="support_labels"):
+    model.apply(params, sx, sy[:3], qx)
+  with pytest.raises(ValueError, match="support_images"):
+    model.apply(params, sx.astype(jnp.int32), sy, qx)
+  with pytest.raises(ValueError, match="fast_layers"):
+    MetaNet(**TINY, fast_layers="conv").init(jax.random.key(0), sx, sy, qx)
+  with pytest.raises(ValueError, match="embedding_loss"):
+    MetaNet(**TINY, embedding_loss="triplet").init(jax.random.key(0), sx, sy, qx)
+
+
+def test_default_model_is_the_authors_omniglot_architecture():
+  model = MetaNet(num_classes=5)
+  shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), method=MetaNet.init_params))
+  base = {k: v.shape for k, v in shapes["params"]["base"].items()}
+  assert base == {"conv0": (3, 3, 1, 64), **{f"conv{i}": (3, 3, 64, 64) for i in range(1, 5)},
+                  "fc1": (64, 64), "fc2": (64, 5)}  # 28 -> 14 -> 7 -> 4 -> 2 -> 1
+  mlp = {k: v.shape for k, v in shapes["params"]["meta_example"]["conv"].items()}
+  assert (mlp["w0"], mlp["w1"], mlp["w2"]) == ((2, 20), (20, 20), (20, 1))
+  assert shapes["params"]["meta_task"]["conv"]["wh"].shape == (20, 80)  # LSTM, 20 units
+
+
+# ----------------------------------------------------------------------------
+# Learning.
+
+
+def synthetic_episodes(key, batch, n=3, queries=3, size=8, noise=0.3):
+  """N random binary prototypes per episode; support and queries are noisy copies."""
+  kp, ks, kq, kperm = jax.random.split(key, 4)
+  protos = (jax.random.uniform(kp, (batch, n, size, size, 1)) < 0.3).astype(jnp.float32)
+  support = protos + noise * jax.random.normal(ks, protos.shape)
+  qlabels = jnp.tile(jnp.arange(n), (batch, queries))
+  query = protos[jnp.arange(batch)[:, None], qlabels]
+  query = query + noise * jax.random.normal(kq, query.shape)
+  return support, jnp.tile(jnp.arange(n), (batch, 1)), query, qlabels
+
+
+def test_short_training_beats_chance():
+  # Example-level fast weights on the FC layers only (the no_task ablation): several
+  # times faster to compile and run than the full model at this size.
+  model = MetaNet(**{**TINY, "filters": 8, "hidden": 16}, fast_layers="fc",
+                  use_task_fast_weights=False)
+  s, sl, q, ql = synthetic_episodes(jax.random.key(0), 1)
+  params = model.init(jax.random.key(0), s[0], sl[0], q[0])
+
+  def loss_fn(p, key):
+    s, sl, q, ql = synthetic_episodes(key, 8)
+    logits = jax.vmap(model.apply, in_axes=(None, 0, 0, 0))(p, s, sl, q)
+    loss = jnp.mean(jax.vmap(jax.vmap(_ce))(logits, ql))
+    return loss, {"accuracy": jnp.mean(jnp.argmax(logits, -1) == ql)}
+
+  # fit raises NonFiniteError on any NaN/Inf loss or gradient.
+  state, _ = training.fit(loss_fn, params, training.make_optimizer("adam", 3e-3), num_steps=80,
+                          progress=False)
+  s, sl, q, ql = synthetic_episodes(jax.random.key(123), 64)
+  logits = jax.jit(jax.vmap(model.apply, in_axes=(None, 0, 0, 0)))(state.params, s, sl, q)
+  acc = float(jnp.mean(jnp.argmax(logits, -1) == ql))
+  assert acc > 0.6, f"accuracy {acc:.2f} after {int(state.step)} steps (chance 0.33)"
+
+
+# ----------------------------------------------------------------------------
+# The experiment.
+
+
+def experiment():
+  spec = importlib.util.spec_from_file_location("omniglot_metanet",
+                                                REPO / "experiments" / "omniglot_metanet.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def test_experiment_smoke(omniglot_dir, tmp_path):
+  main = experiment().main
+  results = main(["--data-dir", str(omniglot_dir), "--train-split", "small1", "--test-split",
+                  "small1", "--filters", "4", "--num-blocks", "1", "--hidden", "8",
+                  "--fast-layers", "fc", "--ablate", "no_task", "--num-query", "2", "--steps", "3", "--log-every", "1",
+                  "--eval-every", "0", "--eval-episodes", "4", "--workdir", str(tmp_path),
+                  "--no-progress"])
+  saved = json.loads((tmp_path / "results.json").read_text())
+  assert saved["steps"] == results["steps"] == 3
+  assert saved["paper_accuracy"] == 98.95 and saved["eval_episodes"] == 4
+  assert 0.0 <= saved["test_accuracy"] <= 100.0
+  assert saved["episodes_per_hour"] > 0
+  assert (tmp_path / "learning_curve.png").exists()
+
+
+@pytest.mark.parametrize("flags", [["--num-classes", "7"], ["--batch-size", "0"],
+                                   ["--ablate", "everything"], ["--max-minutes", "-1"],
+                                   ["--steps", "two"]])
+def test_experiment_bad_flags_exit_2(flags, capsys):
+  main = experiment().main
+  with pytest.raises(SystemExit) as e:
+    main(flags)
+  assert e.value.code == 2
+  assert "usage" in capsys.readouterr().err
