@@ -176,7 +176,13 @@ class _Checkpointer:
 
   def restore(self, like: TrainState) -> TrainState:
     abstract = jax.tree.map(self._ocp.utils.to_shape_dtype_struct, like)
-    restored = self.manager.restore(self.latest_step(), args=self._ocp.args.StandardRestore(abstract))
+    step = self.latest_step()
+    try:
+      restored = self.manager.restore(step, args=self._ocp.args.StandardRestore(abstract))
+    except ValueError as e:
+      raise ValueError(
+          f"checkpoint {step} in {self.directory} does not match the current model and optimiser "
+          f"(was it written with another configuration or memjax version?): {str(e)[:500]}") from None
     return TrainState(*restored) if not isinstance(restored, TrainState) else restored
 
   def close(self):
