@@ -8,8 +8,10 @@ Defaults are the paper's copy configuration: LSTM controller with 100 units,
     python experiments/copy_task.py --workdir runs/copy --resume
 
 Every ``--eval-every`` steps it scores 1,000 fresh sequences (lengths drawn as in
-training) and stops once they average fewer than ``--solved-bit-errors`` wrong
-bits per sequence, or at ``--max-minutes``. Then it evaluates generalisation
+training); the first time they average fewer than ``--solved-bit-errors`` wrong
+bits per sequence the task counts as solved (steps, sequences and wall time are
+recorded), and training goes on for ``--post-solve-steps`` more steps to
+consolidate, or until ``--max-minutes``. Then it evaluates generalisation
 to longer sequences (copy: lengths 20, 40, 80, 120) and writes ``results.json``
 and PNGs (loss curve, target vs output, read/write weightings) to the workdir.
 """
@@ -93,6 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--eval-sequences", type=positive_int, default=1000)
   p.add_argument("--solved-bit-errors", type=positive_float, default=0.1,
                  help="stop once eval bit errors per sequence fall below this")
+  p.add_argument("--post-solve-steps", type=int, default=2500,
+                 help="keep training this many steps after first solving, to consolidate (and "
+                      "generalise to longer sequences) before stopping")
   p.add_argument("--keep-training", action="store_true", help="do not stop when solved")
   p.add_argument("--generalisation-lengths", type=int_list, default=None,
                  help="lengths to test generalisation at (default: copy 20,40,80,120)")
@@ -177,7 +182,8 @@ def main(argv=None) -> dict:
     if record["eval_bit_errors"] < args.solved_bit_errors and not solved:
       solved.update(step=record["step"], wall_time=record["wall_time"],
                     sequences=record["step"] * args.batch_size, bit_errors=record["eval_bit_errors"])
-    return bool(solved) and not args.keep_training
+    return (bool(solved) and not args.keep_training
+            and record["step"] >= solved["step"] + args.post_solve_steps)
 
   optimizer = training.make_optimizer(args.optimizer, args.lr, clip=args.clip)
   t0 = time.time()
