@@ -31,37 +31,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from memjax import tasks, training
+from memjax.cli import int_list, positive_float, positive_int, write_json
 from memjax.ntm import NTMCell, trajectory
-
-
-def positive_int(text):
-  try:
-    value = int(text)
-  except ValueError:
-    raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-  if value < 1:
-    raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-  return value
-
-
-def positive_float(text):
-  try:
-    value = float(text)
-  except ValueError:
-    raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-  if not value > 0 or not np.isfinite(value):
-    raise argparse.ArgumentTypeError(f"expected a positive number, got {value}")
-  return value
-
-
-def int_list(text):
-  try:
-    values = [int(v) for v in text.split(",") if v]
-  except ValueError:
-    raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
-  if not values or min(values) < 1:
-    raise argparse.ArgumentTypeError(f"expected comma-separated positive integers, got {text!r}")
-  return values
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -151,10 +122,7 @@ def main(argv=None) -> dict:
                if old.get(k) != config.get(k)}
     if changed:
       parser.error(f"--resume with a different configuration than {config_path}: {sorted(changed)}")
-  tmp = config_path + ".tmp"
-  with open(tmp, "w") as f:
-    json.dump(config, f, indent=1)
-  os.replace(tmp, config_path)
+  write_json(config_path, config)
 
   sample = functools.partial(sampler, **train_kw)
   example = sample(jax.random.key(0), 1)
@@ -219,10 +187,7 @@ def main(argv=None) -> dict:
       "solved": solved or None, "final_eval": final_eval, "generalisation": generalisation,
       "config": config, "device": str(jax.devices()[0]), "date": time.strftime("%Y-%m-%d"),
   }
-  tmp = os.path.join(args.workdir, "results.json.tmp")
-  with open(tmp, "w") as f:
-    json.dump(results, f, indent=1)
-  os.replace(tmp, os.path.join(args.workdir, "results.json"))
+  write_json(os.path.join(args.workdir, "results.json"), results)
   if not args.no_plots:
     plot(args, model, cell, params, sampler, gen_kw, history, gen_lengths)
   print(json.dumps({k: results[k] for k in ("task", "seed", "steps", "sequences", "solved",

@@ -37,6 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from memjax import training
+from memjax.cli import non_negative_int, positive_float, positive_int, unit_float, write_json
 from memjax.data import episodes as episodes_lib
 from memjax.data import omniglot
 from memjax.mann import LSTMCell, MANNCell, mann_loss, per_instance_counts
@@ -51,46 +52,6 @@ PAPER = {
     # Table 2: 15-way, 5-character string labels (MANN with LRUA).
     ("mann", "string", 15): [0.1, 62.6, 79.3, 86.6, 88.7, 95.3],
 }
-
-
-def positive_int(text):
-  try:
-    value = int(text)
-  except ValueError:
-    raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-  if value < 1:
-    raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-  return value
-
-
-def nonnegative_int(text):
-  try:
-    value = int(text)
-  except ValueError:
-    raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}") from None
-  if value < 0:
-    raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {value}")
-  return value
-
-
-def positive_float(text):
-  try:
-    value = float(text)
-  except ValueError:
-    raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-  if not value > 0 or not np.isfinite(value):
-    raise argparse.ArgumentTypeError(f"expected a positive number, got {value}")
-  return value
-
-
-def unit_float(text):
-  try:
-    value = float(text)
-  except ValueError:
-    raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}") from None
-  if not 0 <= value <= 1:
-    raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {value}")
-  return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -118,7 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--workdir", default="runs/mann_onehot",
                  help="checkpoints, metrics.jsonl, results.json, PNGs")
   p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --workdir")
-  p.add_argument("--eval-every", type=nonnegative_int, default=500,
+  p.add_argument("--eval-every", type=non_negative_int, default=500,
                  help="evaluate on the test characters every this many steps (0: only at the end)")
   p.add_argument("--eval-episodes", type=positive_int, default=1000, help="test episodes per evaluation")
   p.add_argument("--eval-batch", type=positive_int, default=100,
@@ -157,13 +118,6 @@ def _latest_checkpoint_step(workdir: str) -> int:
   return max(steps, default=0)
 
 
-def _atomic_json(path: str, obj) -> None:
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    json.dump(obj, f, indent=1)
-  os.replace(tmp, path)
-
-
 def _load_avg() -> list[float] | None:
   try:
     return [round(x, 2) for x in os.getloadavg()]
@@ -196,7 +150,7 @@ def main(argv=None) -> dict:
     changed = {k for k in keys if old.get(k) != config.get(k)}
     if changed:
       parser.error(f"--resume with a different configuration than {config_path}: {sorted(changed)}")
-  _atomic_json(config_path, config)
+  write_json(config_path, config)
 
   train_images = jnp.asarray(omniglot.load(args.train_split, args.image_size, args.data_dir).images)
   test_images = jnp.asarray(omniglot.load(args.test_split, args.image_size, args.data_dir).images)
@@ -295,7 +249,7 @@ def main(argv=None) -> dict:
       "note": "episodes/hour measured on a shared CPU (other jobs running; see load averages)",
       "date": time.strftime("%Y-%m-%d"),
   }
-  _atomic_json(os.path.join(args.workdir, "results.json"), results)
+  write_json(os.path.join(args.workdir, "results.json"), results)
 
   print(f"\n{args.model.upper()} {n}-way {args.label_mode}, {steps * args.batch_size} episodes, "
         f"{results['episodes_per_hour']:.0f} episodes/hour; test accuracy (%) by instance:")

@@ -36,6 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from memjax import training
+from memjax.cli import non_negative_int, positive_float, positive_int, write_json
 from memjax.data import load, sample_few_shot
 from memjax.metanet import FAST_LAYERS, MetaNet
 
@@ -55,36 +56,6 @@ ABLATIONS = {  # --ablate -> (use_task_fast_weights, use_example_fast_weights)
 IMAGE_SIZE = 28
 NUM_SUPPORT = 1
 EVAL_KEY = 2**31 - 1  # never a training key: those are fold_in(key(seed), step)
-
-
-def positive_int(text):
-  try:
-    value = int(text)
-  except ValueError:
-    raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-  if value < 1:
-    raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-  return value
-
-
-def non_negative_int(text):
-  try:
-    value = int(text)
-  except ValueError:
-    raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}") from None
-  if value < 0:
-    raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {value}")
-  return value
-
-
-def positive_float(text):
-  try:
-    value = float(text)
-  except ValueError:
-    raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-  if not value > 0 or not np.isfinite(value):
-    raise argparse.ArgumentTypeError(f"expected a positive number, got {value}")
-  return value
 
 
 def num_ways(text):
@@ -181,13 +152,6 @@ def mean_ci95(acc: np.ndarray) -> tuple[float, float]:
   mean = float(np.mean(acc)) * 100
   half = float(1.96 * np.std(acc, ddof=1) / np.sqrt(len(acc))) * 100 if len(acc) > 1 else float("nan")
   return mean, half
-
-
-def write_json(path: str, obj) -> None:
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    json.dump(obj, f, indent=1)
-  os.replace(tmp, path)
 
 
 def comparison_table(n: int, mean: float, half: float, args) -> str:
