@@ -7,7 +7,7 @@ The official release is four archives, each a zip or the folder it extracts to::
   images_background_small1.zip     5 alphabets, 136 characters,  2,720 images
   images_background_small2.zip     5 alphabets, 156 characters,  3,120 images
 
-laid out as ``images_background/<Alphabet>/characterNN/XXXX_YY.png``: 20 drawers
+laid out as ``images_background/<Alphabet>/characterNN/NNNN_DD.png``: 20 drawers
 per character, 105x105 1-bit PNGs, black strokes on white paper.
 
 Data directory. Archives are looked up in, in order of precedence: the
@@ -351,7 +351,7 @@ def _index_names(names: Sequence[str], spec: ArchiveSpec, display: str) -> _Inde
       parts = parts[1:]
     if len(parts) != 3:
       raise ValueError(
-          f"{display}: expected images at '{spec.name}/<Alphabet>/characterNN/XXXX_YY.png', "
+          f"{display}: expected images at '{spec.name}/<Alphabet>/characterNN/NNNN_DD.png', "
           f"got {name!r}")
     index.setdefault((parts[0], parts[1]), []).append(name)
   alphabets = {a for a, _ in index}
