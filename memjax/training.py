@@ -29,7 +29,6 @@ import time
 from typing import Any, Callable, NamedTuple
 
 import jax
-import jax.flatten_util
 import jax.numpy as jnp
 import numpy as np
 import optax
@@ -60,9 +59,7 @@ def paper_rmsprop(learning_rate: float = 1e-4, *, decay: float = 0.95, momentum:
   """Graves et al. 2014's optimiser: centred RMSProp, decay 0.95, momentum 0.9,
   learning rate 1e-4, every gradient component clipped to ±10."""
   opt = optax.rmsprop(learning_rate, decay=decay, momentum=momentum, centered=True)
-  # optax.flatten runs the optimiser on one flat vector: a few large ops instead of
-  # a few per parameter array, which matters for small models on CPU.
-  return optax.flatten(optax.chain(optax.clip(clip), opt) if clip else opt)
+  return optax.chain(optax.clip(clip), opt) if clip else opt
 
 
 def make_optimizer(name: str = "rmsprop", learning_rate: float | None = None, *,
@@ -73,7 +70,7 @@ def make_optimizer(name: str = "rmsprop", learning_rate: float | None = None, *,
     return paper_rmsprop(1e-4 if learning_rate is None else learning_rate, clip=clip)
   if name == "adam":
     opt = optax.adam(1e-3 if learning_rate is None else learning_rate)
-    return optax.flatten(optax.chain(optax.clip(clip), opt) if clip else opt)
+    return optax.chain(optax.clip(clip), opt) if clip else opt
   raise ValueError(f"argument `name`: expected 'rmsprop' or 'adam', got {name!r}")
 
 
@@ -124,15 +121,12 @@ def make_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, seed_key
   def step(state: TrainState):
     key = jax.random.fold_in(seed_key, state.step)
     (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, key)
-    flat_grads, _ = jax.flatten_util.ravel_pytree(grads)
-    finite = jnp.isfinite(loss) & jnp.all(jnp.isfinite(flat_grads))
-
-    def apply(state):
-      updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-      return TrainState(state.step + 1, optax.apply_updates(state.params, updates), opt_state)
-
-    # A non-finite step leaves the state as it was (and the caller stops).
-    new = jax.lax.cond(finite, apply, lambda state: state, state)
+    finite = jnp.isfinite(loss) & jnp.all(
+        jnp.stack([jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)]))
+    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    new = TrainState(state.step + 1, params, opt_state)
+    new = jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, state)
     return new, loss, metrics, finite
 
   if mesh is None:
