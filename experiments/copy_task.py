@@ -66,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--eval-sequences", type=positive_int, default=1000)
   p.add_argument("--solved-bit-errors", type=positive_float, default=0.1,
                  help="stop once eval bit errors per sequence fall below this")
-  p.add_argument("--post-solve-steps", type=int, default=2500,
+  p.add_argument("--post-solve-steps", type=int, default=0,
                  help="keep training this many steps after first solving, to consolidate (and "
                       "generalise to longer sequences) before stopping")
   p.add_argument("--keep-training", action="store_true", help="do not stop when solved")
