@@ -22,7 +22,6 @@ import argparse
 import functools
 import json
 import os
-import sys
 import time
 
 import flax.linen as nn
@@ -31,6 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from memjax import tasks, training
+from memjax import cli
 from memjax.cli import int_list, positive_float, positive_int, write_json
 from memjax.ntm import NTMCell, trajectory
 
@@ -241,8 +241,4 @@ def plot(args, model, cell, params, sampler, gen_kw, history, gen_lengths):
 
 
 if __name__ == "__main__":
-  try:
-    main()
-  except training.NonFiniteError as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(1)
+  cli.run(main)

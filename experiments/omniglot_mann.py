@@ -28,7 +28,6 @@ import argparse
 import json
 import math
 import os
-import sys
 import time
 
 import flax.linen as nn
@@ -37,6 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from memjax import training
+from memjax import cli
 from memjax.cli import non_negative_int, positive_float, positive_int, unit_float, write_json
 from memjax.data import episodes as episodes_lib
 from memjax.data import omniglot
@@ -301,8 +301,4 @@ def plot(args, names, final, paper, instances):
 
 
 if __name__ == "__main__":
-  try:
-    main()
-  except training.NonFiniteError as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(1)
+  cli.run(main)

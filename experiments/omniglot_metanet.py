@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import time
 
 import jax
@@ -36,6 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from memjax import training
+from memjax import cli
 from memjax.cli import non_negative_int, positive_float, positive_int, write_json
 from memjax.data import load, sample_few_shot
 from memjax.metanet import FAST_LAYERS, MetaNet
@@ -294,8 +294,4 @@ def plot(args):
 
 
 if __name__ == "__main__":
-  try:
-    main()
-  except training.NonFiniteError as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(1)
+  cli.run(main)

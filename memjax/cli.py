@@ -56,3 +56,15 @@ def write_json(path: str, obj) -> None:
   with open(tmp, "w") as f:
     json.dump(obj, f, indent=1)
   os.replace(tmp, path)
+
+
+def run(main) -> None:
+  """Runs an experiment's ``main()``; a diverged run exits 1 with its message, not a traceback."""
+  import sys
+
+  from memjax.training import NonFiniteError
+  try:
+    main()
+  except NonFiniteError as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(1)
