@@ -330,6 +330,17 @@ def embed(slow: Params, fast: Params | None, x: jax.Array) -> jax.Array:
   return s if f is None else s + f
 
 
+def _bounded(r: jax.Array) -> jax.Array:
+  """r / max(1, max_i |r_i|), the divisor under stop_gradient.
+
+  Cosine similarity is scale-invariant and its gradient homogeneous, so values
+  and (first- and second-order) gradients are unchanged up to rounding; but
+  ‖r‖² no longer overflows float32 when the representation is huge (≳1e19),
+  which otherwise turns second-order gradients into inf/inf = NaN.
+  """
+  return r / jax.lax.stop_gradient(jnp.maximum(1.0, jnp.max(jnp.abs(r))))
+
+
 def _cross_entropy(logits: jax.Array, label: jax.Array) -> jax.Array:
   return -jax.nn.log_softmax(logits)[label]
 
@@ -595,7 +606,7 @@ class MetaNet(nn.Module):
       partner = (jnp.arange(s) + 1) % s
 
       def loss(params, x1, x2, same):
-        r1, r2 = embed(params, None, x1), embed(params, None, x2)
+        r1, r2 = _bounded(embed(params, None, x1)), _bounded(embed(params, None, x2))
         logit = self.contrastive_scale * addressing.cosine_similarity(r1[None], r2)[0]
         return jnp.where(same, jax.nn.softplus(-logit), jax.nn.softplus(logit))
 
