@@ -58,11 +58,46 @@ def write_json(path: str, obj) -> None:
   os.replace(tmp, path)
 
 
+def enable_compilation_cache(path: str | None = None) -> str | None:
+  """Turns on JAX's persistent compilation cache for this process.
+
+  A re-run of an experiment (a resume, another seed, the same configuration)
+  then loads its compiled train step from disk instead of compiling it again
+  (the copy-task step: ~15 s to compile on 2 CPU cores, ~1.5 s to load).
+  Cached executables are the ones XLA would compile, so results are unchanged.
+
+  Args:
+    path: cache directory; default ``$MEMJAX_COMPILATION_CACHE``, else
+      ``$XDG_CACHE_HOME/memjax/xla`` (``~/.cache/memjax/xla``). The value
+      ``off`` disables the cache.
+
+  Returns:
+    The directory used, or None when disabled.
+  """
+  import jax
+
+  path = path or os.environ.get("MEMJAX_COMPILATION_CACHE")
+  if path == "off":
+    return None
+  if not path:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    path = os.path.join(base, "memjax", "xla")
+  try:
+    os.makedirs(path, exist_ok=True)
+  except OSError:
+    return None  # an unwritable cache only costs compile time
+  jax.config.update("jax_compilation_cache_dir", path)
+  return path
+
+
 def run(main) -> None:
-  """Runs an experiment's ``main()``; a diverged run exits 1 with its message, not a traceback."""
+  """Runs an experiment's ``main()`` with the persistent compilation cache on
+  (:func:`enable_compilation_cache`); a diverged run exits 1 with its message,
+  not a traceback."""
   import sys
 
   from memjax.training import NonFiniteError
+  enable_compilation_cache()
   try:
     main()
   except NonFiniteError as e:
