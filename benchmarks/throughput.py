@@ -32,13 +32,31 @@ It also reports
 * how the memjax step time scales with the sequence length T and the memory
   size N (PNG).
 
+MetaNet (``--models metanet``; Munkhdalai & Yu 2017, the authors' Omniglot
+model: 28×28×1 inputs, 5 conv blocks of 64 3×3 filters, FC 64, FC N, fast
+weights on all layers, contrastive embedding loss, first order):
+
+* memjax: the jitted train step (``jax.value_and_grad`` + optax Adam 1e-3 with
+  components clipped to ±10, :func:`memjax.training.make_step`) of
+  ``MetaNet(num_classes=5)`` on one synthetic 5-way 1-shot episode with 10
+  queries per class (uniform random images, drawn on device inside the step);
+* reference: :mod:`benchmarks.reference.metanet_torch`, eager PyTorch with a
+  Python loop over the support examples, one ``torch.autograd.grad`` per
+  example for the meta information, the same equations, shapes and optimiser.
+
+It alternates timed runs (memjax, torch at each thread count, ...), reports
+medians of episodes/s and their ratio against the faster torch thread count
+(target: memjax ≥ 5×), and the memjax compile time apart. ``--quick`` uses a
+small MetaNet (8×8 images, 2 blocks of 8 filters, FC 16) so that it takes seconds.
+
     python -m benchmarks.throughput --out bench_out               # full (~10 min)
     python -m benchmarks.throughput --quick --out /tmp/b          # smoke run
     python -m benchmarks.throughput --profile 64                  # + top XLA ops at batch 64
+    python -m benchmarks.throughput --models metanet --out /tmp/m # MetaNet only
 
-Writes ``throughput.md``, ``throughput.json`` and ``throughput.png`` to ``--out``.
-``--models`` takes ``ntm`` (and names hooks for ``mann`` and ``metanet``, which
-are reported as not benchmarked yet).
+Writes ``throughput.md``, ``throughput.json`` and ``throughput.png`` to ``--out``
+(with ``ntm`` in ``--models``; otherwise the markdown and JSON only).
+``--models`` takes ``ntm`` (default), ``mann`` (a memjax-only hook) and ``metanet``.
 """
 
 from __future__ import annotations
@@ -71,6 +89,13 @@ TARGET_COMPILE_S = 5.0
 
 NTM_CONFIG = dict(num_inputs=9, num_outputs=8, controller=100, memory_size=128, word_size=20,
                   read_heads=1, write_heads=1, shift_range=1)
+
+# MetaNet: the authors' Omniglot model (memjax.metanet.MetaNet's defaults), 5-way
+# 1-shot, 10 queries per class; --quick uses a small one so that it takes seconds.
+METANET_CONFIG = dict(num_classes=5, num_support=1, num_query=10, image_shape=(28, 28, 1), filters=64,
+                      num_blocks=5, hidden=64)
+METANET_QUICK_CONFIG = dict(METANET_CONFIG, image_shape=(8, 8, 1), filters=8, num_blocks=2, hidden=16)
+TARGET_METANET_RATIO = 5.0
 
 
 # --------------------------------------------------------------------------- memjax NTM
@@ -268,12 +293,196 @@ def mann_hook(args, batch: int = 16, rounds: int = 3, run_s: float = 1.5) -> tup
           f"{res['seq_s']:.1f} episodes/s ({1e3 * step_s:.1f} ms/step), compile {compiled.total_s:.1f} s."), res
 
 
-def metanet_hook(args) -> str:
-  """Hook for memjax.metanet (Meta Networks): not benchmarked yet."""
+@dataclasses.dataclass
+class MetaNetStep:
+  """A compiled memjax MetaNet train step and its state."""
+  executable: Any
+  state: Any
+  compiled: common.Compiled
+  compile_cpu_s: float
+  num_params: int
+
+  def run(self, steps: int) -> float:
+    """Runs ``steps`` train steps, blocking on each step's loss; returns seconds."""
+    import jax
+    t0 = time.perf_counter()
+    state = self.state
+    for _ in range(steps):
+      state, loss, _, _ = self.executable(state)
+      jax.block_until_ready(loss)
+    self.state = state
+    return time.perf_counter() - t0
+
+
+def _metanet_model_kwargs(cfg: dict) -> dict:
+  return {k: cfg[k] for k in ("image_shape", "filters", "num_blocks", "hidden")}
+
+
+def build_metanet_step(cfg: dict = METANET_CONFIG, seed: int = 0) -> MetaNetStep:
+  """The memjax MetaNet train step (compile timed apart).
+
+  ``jax.value_and_grad`` of the mean query cross-entropy of one synthetic N-way
+  K-shot episode (uniform random images [N·K, H, W, C] support, [N·Q, H, W, C]
+  query, drawn on device inside the step from the step's key), then Adam 1e-3
+  after clipping every gradient component to ±10 (``training.make_step``).
+  """
+  import jax
+  import jax.numpy as jnp
+  from memjax import training
+  from memjax.metanet import MetaNet
+
+  n, k, q = cfg["num_classes"], cfg["num_support"], cfg["num_query"]
+  shape = tuple(cfg["image_shape"])
+  model = MetaNet(num_classes=n, **_metanet_model_kwargs(cfg))
+
+  def episode(key):
+    k_s, k_q, k_l = jax.random.split(key, 3)
+    support = jax.random.uniform(k_s, (n * k, *shape))
+    support_labels = jax.random.permutation(k_l, jnp.repeat(jnp.arange(n, dtype=jnp.int32), k))
+    query = jax.random.uniform(k_q, (n * q, *shape))
+    query_labels = jnp.repeat(jnp.arange(n, dtype=jnp.int32), q)
+    return support, support_labels, query, query_labels
+
+  sx, sy, qx, _ = episode(jax.random.key(seed))
+  params = model.init(jax.random.key(seed), sx, sy, qx)
+
+  def loss_fn(p, key):
+    sx, sy, qx, qy = episode(key)
+    logits = model.apply(p, sx, sy, qx)  # [N·Q, N]
+    return -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(logits), qy[:, None], -1)), {}
+
+  opt = training.make_optimizer("adam", 1e-3, clip=10.0)
+  state = training.init_state(params, opt)
+  step = training.make_step(loss_fn, opt, jax.random.key(seed + 1))
+  cpu0 = time.process_time()
+  compiled = common.compile_fn(step, state)
+  cpu = time.process_time() - cpu0
+  n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))
+  return MetaNetStep(compiled.executable, state, compiled, cpu, n_params)
+
+
+class MetaNetTorchRunner:
+  """The eager PyTorch MetaNet reference trainer (:mod:`benchmarks.reference.metanet_torch`)."""
+
+  def __init__(self, cfg: dict = METANET_CONFIG, seed: int = 0):
+    from benchmarks.reference import metanet_torch
+    self.torch = common.optional_torch()
+    self.trainer = metanet_torch.Trainer(cfg["num_classes"], cfg["num_support"], cfg["num_query"], seed=seed,
+                                         **_metanet_model_kwargs(cfg))
+    self.num_params = metanet_torch.num_parameters(self.trainer.model)
+
+  def run(self, steps: int, threads: int) -> float:
+    self.torch.set_num_threads(threads)
+    t0 = time.perf_counter()
+    for _ in range(steps):
+      self.trainer.step()
+    return time.perf_counter() - t0
+
+
+def metanet_throughput(cfg: dict, *, rounds: int, target_run_s: float, torch_threads: list[int],
+                       seed: int = 0) -> dict:
+  """Episodes/s of the memjax and the PyTorch MetaNet train steps, alternating timed runs.
+
+  One warm-up step and one sizing step per side (and per torch thread count) are
+  excluded; each of ``rounds`` rounds then times ``ceil(target_run_s / step)``
+  steps of memjax, then of torch at each thread count. Medians over rounds.
+  """
+  common.log(f"[metanet] compiling memjax step ({_metanet_desc(cfg)}) ...")
+  js = build_metanet_step(cfg, seed=seed)
+  common.log(f"[metanet] compiled in {js.compiled.total_s:.1f} s (lower {js.compiled.lower_s:.1f} s, "
+             f"compile {js.compiled.compile_s:.1f} s, cpu {js.compile_cpu_s:.1f} s)")
+  js.run(1)  # warm-up
+  jax_steps = _steps_for(js.run(1), target_run_s)
+  tr = None
+  torch_steps = {}
+  if torch_threads:
+    tr = MetaNetTorchRunner(cfg, seed=seed)
+    for th in torch_threads:
+      tr.run(1, th)  # warm-up
+      torch_steps[th] = _steps_for(tr.run(1, th), target_run_s)
+  jax_rates, torch_rates = [], {th: [] for th in torch_threads}
+  for r in range(rounds):
+    jax_rates.append(jax_steps / js.run(jax_steps))
+    for th in torch_threads:
+      torch_rates[th].append(torch_steps[th] / tr.run(torch_steps[th], th))
+    common.log(f"[metanet] round {r + 1}/{rounds}: memjax {jax_rates[-1]:.3g} episodes/s"
+               + "".join(f", torch({th} thr) {torch_rates[th][-1]:.3g} episodes/s" for th in torch_threads))
+  res = {
+      "model": "metanet", "config": dict(cfg), "rounds": rounds,
+      "memjax_episodes_s": statistics.median(jax_rates), "memjax_runs": jax_rates,
+      "memjax_steps_per_run": jax_steps, "memjax_step_s": 1.0 / statistics.median(jax_rates),
+      "compile_s": js.compiled.total_s, "lower_s": js.compiled.lower_s, "xla_compile_s": js.compiled.compile_s,
+      "compile_cpu_s": js.compile_cpu_s, "num_params_memjax": js.num_params,
+  }
+  if tr is not None:
+    meds = {th: statistics.median(v) for th, v in torch_rates.items()}
+    best = max(meds, key=meds.get)
+    res.update({
+        "torch_episodes_s_by_threads": meds, "torch_runs": torch_rates, "torch_steps_per_run": torch_steps,
+        "torch_best_threads": best, "torch_episodes_s": meds[best],
+        "ratio": res["memjax_episodes_s"] / meds[best],
+        "ratio_by_threads": {th: res["memjax_episodes_s"] / v for th, v in meds.items()},
+        "num_params_torch": tr.num_params,
+    })
+  return res
+
+
+def _metanet_desc(cfg: dict) -> str:
+  h, w, c = cfg["image_shape"]
+  return (f"{cfg['num_classes']}-way {cfg['num_support']}-shot, {cfg['num_query']} queries per class, "
+          f"{h}×{w}×{c} images, {cfg['num_blocks']} conv blocks of {cfg['filters']} filters, FC {cfg['hidden']}")
+
+
+def metanet_summary(m: dict) -> str:
+  """One line for the "Other models" list."""
+  line = (f"metanet: {_metanet_desc(m['config'])}: memjax {m['memjax_episodes_s']:.3g} episodes/s, "
+          f"compile {m['compile_s']:.1f} s")
+  if "ratio" in m:
+    line += (f"; PyTorch reference {m['torch_episodes_s']:.3g} episodes/s ({m['torch_best_threads']} thr): "
+             f"**{m['ratio']:.1f}×** (target ≥ {TARGET_METANET_RATIO:.0f}×)")
+  else:
+    line += "; PyTorch reference skipped"
+  return line + " (see the MetaNet section)."
+
+
+def metanet_markdown(m: dict) -> str:
+  """The report's MetaNet section."""
+  lines = ["## MetaNet (Munkhdalai & Yu 2017): train step vs an eager PyTorch reference", "",
+           f"{_metanet_desc(m['config'])}; fast weights on all layers, contrastive embedding loss, first order; "
+           f"one episode per update, mean query cross-entropy, Adam 1e-3, clip ±10. memjax: the jitted "
+           f"`training.make_step` (episode drawn on device); reference: "
+           f"`benchmarks/reference/metanet_torch.py` (eager, a Python loop over the support examples with one "
+           f"`torch.autograd.grad` each). memjax params {m['num_params_memjax']:,}"
+           + (f", torch params {m['num_params_torch']:,} (nn.LSTMCell has two bias vectors)"
+              if "num_params_torch" in m else "")
+           + f". Medians over {m['rounds']} alternating rounds (warm-up excluded).", ""]
+  headers = ["memjax episodes/s", "memjax s/episode"]
+  row = [m["memjax_episodes_s"], m["memjax_step_s"]]
+  if "ratio" in m:
+    ths = sorted(m["torch_episodes_s_by_threads"])
+    headers += [f"torch episodes/s ({t} thr)" for t in ths] + [f"memjax / torch ({t} thr)" for t in ths] \
+        + ["memjax / best torch"]
+    row += [m["torch_episodes_s_by_threads"][t] for t in ths] \
+        + [f"{m['ratio_by_threads'][t]:.1f}×" for t in ths] + [f"**{m['ratio']:.1f}×**"]
+  lines += [common.markdown_table(headers, [row]), ""]
+  if "ratio" not in m:
+    lines += ["PyTorch is not installed (`pip install -e .[bench]`) or was disabled: the reference was skipped.", ""]
+  lines += [f"Compile (memjax train step, timed apart): {m['compile_s']:.1f} s (trace+lower {m['lower_s']:.1f} s, "
+            f"XLA compile {m['xla_compile_s']:.1f} s, process CPU {m['compile_cpu_s']:.1f} s).", ""]
+  if "ratio" in m:
+    lines += [_fmt_targets([["MetaNet speed-up vs torch", f"{m['ratio']:.1f}×", f"≥ {TARGET_METANET_RATIO:.0f}×",
+                             "yes" if m["ratio"] >= TARGET_METANET_RATIO else "**no**"]]), ""]
+  return "\n".join(lines)
+
+
+def metanet_hook(args, *, quick: bool, rounds: int, run_s: float, torch_threads: list[int]
+                 ) -> tuple[str, dict | None]:
+  """memjax.metanet vs :mod:`benchmarks.reference.metanet_torch` (quick: a small model)."""
   if not _module_exists("memjax.metanet"):
-    return "metanet: not benchmarked yet (memjax.metanet does not exist yet)."
-  return ("metanet: not benchmarked yet — memjax.metanet exists, but its train-step hook (episode "
-          "sampler, loss, reference) is not written in benchmarks/throughput.py.")
+    return "metanet: not benchmarked (memjax.metanet does not exist).", None
+  cfg = METANET_QUICK_CONFIG if quick else METANET_CONFIG
+  res = metanet_throughput(cfg, rounds=rounds, target_run_s=run_s, torch_threads=torch_threads, seed=args.seed)
+  return metanet_summary(res), res
 
 
 # --------------------------------------------------------------------------- measurement
@@ -581,6 +790,8 @@ def report(res: dict, env: dict, peaks: common.Peaks) -> str:
                                       r["shape"], (r["jax_op"] or "")[-70:]] for r in p],
                                     ["l", "r", "r", "r", "l", "l"]), ""]
   lines += ["## Other models", ""] + [f"- {m}" for m in res["other_models"]] + [""]
+  if res.get("metanet"):
+    lines += [metanet_markdown(res["metanet"])]
   lines += [f"Total benchmark time {res['elapsed_s']:.0f} s.", ""]
   return "\n".join(lines)
 
@@ -608,7 +819,8 @@ def build_parser() -> argparse.ArgumentParser:
   p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   p.add_argument("--quick", action="store_true", help="one small batch, short runs, no sweeps (smoke test)")
   p.add_argument("--out", default="bench_out", help="directory for throughput.md/.json/.png")
-  p.add_argument("--models", default="ntm", help="comma-separated: ntm (mann, metanet: hooks only)")
+  p.add_argument("--models", default="ntm",
+                 help="comma-separated: ntm, mann (memjax only), metanet (vs its PyTorch reference)")
   p.add_argument("--batches", type=_int_list, default=None, help="default 1,16,64 (quick: 2)")
   p.add_argument("--max-length", type=int, default=None, help="copy max length (default 20; quick 5)")
   p.add_argument("--rounds", type=int, default=None, help="alternating rounds (default 3; quick 2)")
@@ -650,18 +862,27 @@ def main(argv=None) -> dict:
       other_results.append(r)
   else:
     other.append("mann: not requested (`--models ntm,mann` runs its memjax-only hook).")
+  metanet_res = None
   if "metanet" in models:
-    other.append(metanet_hook(args))
+    line, metanet_res = metanet_hook(args, quick=quick, rounds=rounds, run_s=run_s, torch_threads=torch_threads)
+    other.append(line)
   else:
-    other.append("metanet: not requested; " + metanet_hook(args))
+    other.append("metanet: not requested (`--models ntm,metanet` runs it against its PyTorch reference).")
   for line in other:
     common.log(line)
 
   res: dict = {"other_models": other, "other_results": other_results, "args": vars(args), "environment": env}
+  if metanet_res is not None:
+    res["metanet"] = metanet_res
   if "ntm" not in models:
     res["elapsed_s"] = time.perf_counter() - t_start
+    text = "\n".join(["# memjax training throughput", "", common.environment_markdown(env), "",
+                      "## Other models", ""] + [f"- {m}" for m in other] + [""])
+    if metanet_res is not None:
+      text += "\n" + metanet_markdown(metanet_res)
+    print(text)
     common.write_json(os.path.join(out, "throughput.json"), res)
-    common.write_text(os.path.join(out, "throughput.md"), "\n".join(other) + "\n")
+    common.write_text(os.path.join(out, "throughput.md"), text)
     return res
 
   peaks = common.measure_peaks(quick=quick)

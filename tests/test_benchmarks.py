@@ -103,7 +103,7 @@ def test_throughput_quick(tmp_path):
     # Trip-count-corrected XLA count and the hand count agree to within 2x.
     assert 0.5 < fl["xla_over_hand"] < 2.0
   table = (out / "throughput.md").read_text()
-  assert "memjax seq/s" in table and "## Targets" in table and "not benchmarked yet" in table
+  assert "memjax seq/s" in table and "## Targets" in table and "metanet: not requested" in table
   if not HAS_TORCH:
     assert "reference was skipped" in table
   assert (out / "throughput.png").stat().st_size > 0
@@ -117,12 +117,65 @@ def test_throughput_skips_torch_when_missing(monkeypatch):
   assert throughput.torch_threads_for(object(), quick=False, requested=[3], cores=4) == [3]
 
 
-def test_throughput_hooks_for_other_models(tmp_path):
+def test_throughput_metanet_quick(tmp_path):
+  """``--models metanet --quick``: a small MetaNet, memjax vs the torch reference (if installed)."""
   res = throughput.main(["--quick", "--models", "metanet", "--out", str(tmp_path)])
   assert len(res["other_models"]) == 2
   assert "mann: not requested" in res["other_models"][0]
-  assert "metanet" in res["other_models"][1] and "not benchmarked yet" in res["other_models"][1]
-  assert "not benchmarked yet" in (tmp_path / "throughput.md").read_text()
+  assert res["other_models"][1].startswith("metanet: ")
+  m = res["metanet"]
+  assert m["config"] == throughput.METANET_QUICK_CONFIG
+  assert _positive_finite(m["memjax_episodes_s"]) and _positive_finite(m["compile_s"])
+  assert len(m["memjax_runs"]) == 2
+  if HAS_TORCH:
+    assert _positive_finite(m["torch_episodes_s"]) and _positive_finite(m["ratio"])
+    # Same shapes on both sides; nn.LSTMCell has a second bias vector (4 × 20) in each of d's 2 LSTMs.
+    assert m["num_params_torch"] == m["num_params_memjax"] + 2 * 4 * 20
+  else:
+    assert "ratio" not in m
+  table = (tmp_path / "throughput.md").read_text()
+  assert "## MetaNet" in table and "memjax episodes/s" in table
+  assert ("MetaNet speed-up vs torch" in table) == HAS_TORCH
+  data = json.loads((tmp_path / "throughput.json").read_text())
+  assert data["metanet"]["memjax_episodes_s"] == pytest.approx(m["memjax_episodes_s"])
+
+
+def test_metanet_torch_reference_shapes_and_training():
+  """The reference's logits are [Q, N]; the loss is finite, every parameter (the meta
+  learners m and d included) gets a gradient, and fitting one episode lowers its loss."""
+  if not HAS_TORCH:
+    pytest.skip("torch not installed (bench extra)")
+  import torch
+  import torch.nn.functional as F
+  from benchmarks.reference import metanet_torch
+  kw = dict(image_shape=(8, 8, 1), filters=4, num_blocks=2, hidden=8)
+  torch.manual_seed(0)
+  sx, sy, qx, qy = metanet_torch.random_episode(5, 1, 3, (8, 8, 1), torch.Generator().manual_seed(0))
+  assert sx.shape == (5, 1, 8, 8) and qx.shape == (15, 1, 8, 8)
+  assert sorted(sy.tolist()) == list(range(5)) and qy.tolist() == [c for c in range(5) for _ in range(3)]
+  trainer = metanet_torch.Trainer(5, 1, 3, seed=0, **kw)
+  model = trainer.model
+  assert set(model.meta_example) == {"conv", "fc"} and set(model.meta_task) == {"conv", "fc"}
+  logits = model(sx, sy, qx)
+  assert logits.shape == (15, 5) and torch.isfinite(logits).all()
+  loss = F.cross_entropy(logits, qy)
+  loss.backward()
+  for name, p in model.named_parameters():
+    assert p.grad is not None and torch.isfinite(p.grad).all(), name
+  for prefix in ("meta_example", "meta_task"):  # first order: reached through W*_i and Q*
+    assert any(p.grad.abs().sum() > 0 for n, p in model.named_parameters() if n.startswith(prefix)), prefix
+  assert math.isfinite(trainer.step())
+  # Fitting one fixed episode (Adam 1e-3, clip ±10) lowers its loss.
+  opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+  losses = []
+  for _ in range(15):
+    opt.zero_grad(set_to_none=True)
+    loss = F.cross_entropy(model(sx, sy, qx), qy)
+    loss.backward()
+    torch.nn.utils.clip_grad_value_(model.parameters(), 10.0)
+    opt.step()
+    losses.append(loss.item())
+  assert all(math.isfinite(v) for v in losses) and losses[-1] < losses[0]
 
 
 def test_torch_reference_matches_the_copy_task_layout():

@@ -20,6 +20,27 @@ NTM_CONFIGS = [
 ]
 
 
+SCALES = [0.0, 1e-3, 1.0, 10.0, 100.0]  # every parameter multiplied by this
+INPUT_KINDS = ["zeros", "binary", "huge"]
+
+
+def _perturbed(params, key):
+  return jax.tree.map(lambda p: p + 0.5 * jax.random.normal(key, p.shape), params)
+
+
+def _inputs(kind, key, shape):
+  if kind == "zeros":
+    return jnp.zeros(shape)
+  if kind == "binary":
+    return jax.random.bernoulli(key, 0.3, shape).astype(jnp.float32)
+  return 1e4 * jax.random.normal(key, shape)
+
+
+def _assert_finite(*trees):
+  for leaf in jax.tree.leaves(trees):
+    assert np.all(np.isfinite(leaf))
+
+
 def _ntm_fns(config):
   model = nn.RNN(NTMCell(**config))
   x0 = jnp.zeros((2, 12, 3))
@@ -40,23 +61,14 @@ _FNS = [_ntm_fns(c) for c in NTM_CONFIGS]
 
 @settings(max_examples=12, deadline=None)
 @given(config=st.integers(0, len(NTM_CONFIGS) - 1),
-       scale=st.sampled_from([0.0, 1e-3, 1.0, 10.0, 100.0]),
+       scale=st.sampled_from(SCALES),
        seed=st.integers(0, 2**16),
-       input_kind=st.sampled_from(["zeros", "bits", "huge"]))
+       input_kind=st.sampled_from(INPUT_KINDS))
 def test_ntm_forward_and_backward_finite(config, scale, seed, input_kind):
   params, value_and_grad = _FNS[config]
   key = jax.random.key(seed)
-  params = jax.tree.map(lambda p: p + 0.5 * jax.random.normal(key, p.shape), params)
-  if input_kind == "zeros":
-    x = jnp.zeros((2, 12, 3))
-  elif input_kind == "bits":
-    x = jax.random.bernoulli(key, 0.5, (2, 12, 3)).astype(jnp.float32)
-  else:
-    x = 1e4 * jax.random.normal(key, (2, 12, 3))
-  value, grads = value_and_grad(params, scale, x)
-  assert np.isfinite(value)
-  for g in jax.tree.leaves(grads):
-    assert np.all(np.isfinite(g))
+  value, grads = value_and_grad(_perturbed(params, key), scale, _inputs(input_kind, key, (2, 12, 3)))
+  _assert_finite(value, grads)
 
 
 # ----------------------------------------------------------------------------
@@ -92,23 +104,15 @@ _MANN_FNS = [_mann_fns(c) for c in MANN_CONFIGS]
 
 @settings(max_examples=12, deadline=None)
 @given(config=st.integers(0, len(MANN_CONFIGS) - 1),
-       scale=st.sampled_from([0.0, 1e-3, 1.0, 10.0, 100.0]),
+       scale=st.sampled_from(SCALES),
        seed=st.integers(0, 2**16),
-       input_kind=st.sampled_from(["zeros", "images", "huge"]))
+       input_kind=st.sampled_from(INPUT_KINDS))
 def test_mann_forward_and_backward_finite(config, scale, seed, input_kind):
   params, run = _MANN_FNS[config]
   key = jax.random.key(seed)
-  params = jax.tree.map(lambda p: p + 0.5 * jax.random.normal(key, p.shape), params)
-  shape = (2, MANN_T, MANN_IN)
-  x = {"zeros": jnp.zeros(shape),
-       "images": jax.random.bernoulli(key, 0.3, shape).astype(jnp.float32),
-       "huge": 1e4 * jax.random.normal(key, shape)}[input_kind]
-  value, states, grads = run(params, scale, x)
-  assert np.isfinite(value)
-  for g in jax.tree.leaves(grads):
-    assert np.all(np.isfinite(g))
-  for leaf in jax.tree.leaves(states):
-    assert np.all(np.isfinite(leaf))
+  x = _inputs(input_kind, key, (2, MANN_T, MANN_IN))
+  value, states, grads = run(_perturbed(params, key), scale, x)
+  _assert_finite(value, grads, states)
   np.testing.assert_allclose(states.read_weights.sum(-1), 1.0, rtol=1e-4)
   assert np.all(states.read_weights >= 0) and np.all(states.write_weights >= 0)
   # w^w = σ(α)·w^r_{t−1} + (1−σ(α))·w^lu_{t−1} with R ones in w^lu (the paper's n = number
@@ -156,9 +160,9 @@ _METANET_FNS = {order: _metanet_fns(order) for order in (False, True)}
 
 @settings(max_examples=10, deadline=None)
 @given(second_order=st.booleans(),
-       scale=st.sampled_from([0.0, 1e-3, 1.0, 10.0, 100.0]),
+       scale=st.sampled_from(SCALES),
        seed=st.integers(0, 2**16),
-       input_kind=st.sampled_from(["zeros", "images", "huge"]))
+       input_kind=st.sampled_from(INPUT_KINDS))
 def test_metanet_forward_and_backward_finite(second_order, scale, seed, input_kind):
   if second_order:
     # Second-order gradients multiply activations by activations: with weights ×100 and
@@ -168,15 +172,10 @@ def test_metanet_forward_and_backward_finite(second_order, scale, seed, input_ki
   params, run = _METANET_FNS[second_order]
   key = jax.random.key(seed)
   k1, k2, k3 = jax.random.split(key, 3)
-  params = jax.tree.map(lambda p: p + 0.5 * jax.random.normal(k1, p.shape), params)
   shape = (3, 6, 6, 1)
-  make = {"zeros": lambda k: jnp.zeros(shape),
-          "images": lambda k: jax.random.bernoulli(k, 0.3, shape).astype(jnp.float32),
-          "huge": lambda k: 1e4 * jax.random.normal(k, shape)}[input_kind]
   qy = jax.random.randint(k3, (3,), 0, 3)
-  value, grads, attention = run(params, scale, make(k2), make(k3), qy)
-  assert np.isfinite(value)
-  for g in jax.tree.leaves(grads):
-    assert np.all(np.isfinite(g))
+  value, grads, attention = run(_perturbed(params, k1), scale, _inputs(input_kind, k2, shape),
+                                _inputs(input_kind, k3, shape), qy)
+  _assert_finite(value, grads)
   np.testing.assert_allclose(attention.sum(-1), 1.0, rtol=1e-4)
   assert np.all(attention >= 0)
