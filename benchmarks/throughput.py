@@ -101,8 +101,25 @@ TARGET_METANET_RATIO = 5.0
 # --------------------------------------------------------------------------- memjax NTM
 
 
+class _Stepped:
+  """``run(steps)`` for a compiled step ``executable(state) -> (state, loss, ...)``."""
+  executable: Any
+  state: Any
+
+  def run(self, steps: int) -> float:
+    """Runs ``steps`` train steps, blocking on each step's loss; returns seconds."""
+    import jax
+    t0 = time.perf_counter()
+    state = self.state
+    for _ in range(steps):
+      state, loss, _, _ = self.executable(state)
+      jax.block_until_ready(loss)
+    self.state = state
+    return time.perf_counter() - t0
+
+
 @dataclasses.dataclass
-class JaxStep:
+class JaxStep(_Stepped):
   """A compiled memjax train step and its state."""
   executable: Any
   state: Any
@@ -116,17 +133,6 @@ class JaxStep:
   step_fn: Any  # the jitted step (for lowering again)
   cell: Any
   params: Any
-
-  def run(self, steps: int) -> float:
-    """Runs ``steps`` train steps, blocking on each step's loss; returns seconds."""
-    import jax
-    t0 = time.perf_counter()
-    state = self.state
-    for _ in range(steps):
-      state, loss, _, _ = self.executable(state)
-      jax.block_until_ready(loss)
-    self.state = state
-    return time.perf_counter() - t0
 
 
 def build_ntm_step(batch: int, max_length: int = 20, memory_size: int = 128, seed: int = 0) -> JaxStep:
@@ -213,14 +219,8 @@ def ntm_hand_flops(batch: int, seq_len: int, memory_size: int = 128, num_params:
 # --------------------------------------------------------------------------- torch reference
 
 
-class TorchRunner:
-  """The PyTorch reference trainer at one batch size (None when torch is missing)."""
-
-  def __init__(self, batch: int, max_length: int = 20, seed: int = 0):
-    from benchmarks.reference import ntm_torch
-    self.torch = common.optional_torch()
-    self.trainer = ntm_torch.Trainer(batch, max_length, seed=seed)
-    self.num_params = ntm_torch.num_parameters(self.trainer.model)
+class _TorchTimed:
+  """``run(steps, threads)``: seconds for ``steps`` steps of ``self.trainer`` on ``threads`` threads."""
 
   def run(self, steps: int, threads: int) -> float:
     self.torch.set_num_threads(threads)
@@ -228,6 +228,16 @@ class TorchRunner:
     for _ in range(steps):
       self.trainer.step()
     return time.perf_counter() - t0
+
+
+class TorchRunner(_TorchTimed):
+  """The PyTorch reference trainer at one batch size (None when torch is missing)."""
+
+  def __init__(self, batch: int, max_length: int = 20, seed: int = 0):
+    from benchmarks.reference import ntm_torch
+    self.torch = common.optional_torch()
+    self.trainer = ntm_torch.Trainer(batch, max_length, seed=seed)
+    self.num_params = ntm_torch.num_parameters(self.trainer.model)
 
 
 # --------------------------------------------------------------------------- model hooks
@@ -294,24 +304,13 @@ def mann_hook(args, batch: int = 16, rounds: int = 3, run_s: float = 1.5) -> tup
 
 
 @dataclasses.dataclass
-class MetaNetStep:
+class MetaNetStep(_Stepped):
   """A compiled memjax MetaNet train step and its state."""
   executable: Any
   state: Any
   compiled: common.Compiled
   compile_cpu_s: float
   num_params: int
-
-  def run(self, steps: int) -> float:
-    """Runs ``steps`` train steps, blocking on each step's loss; returns seconds."""
-    import jax
-    t0 = time.perf_counter()
-    state = self.state
-    for _ in range(steps):
-      state, loss, _, _ = self.executable(state)
-      jax.block_until_ready(loss)
-    self.state = state
-    return time.perf_counter() - t0
 
 
 def _metanet_model_kwargs(cfg: dict) -> dict:
@@ -361,7 +360,7 @@ def build_metanet_step(cfg: dict = METANET_CONFIG, seed: int = 0) -> MetaNetStep
   return MetaNetStep(compiled.executable, state, compiled, cpu, n_params)
 
 
-class MetaNetTorchRunner:
+class MetaNetTorchRunner(_TorchTimed):
   """The eager PyTorch MetaNet reference trainer (:mod:`benchmarks.reference.metanet_torch`)."""
 
   def __init__(self, cfg: dict = METANET_CONFIG, seed: int = 0):
@@ -370,13 +369,6 @@ class MetaNetTorchRunner:
     self.trainer = metanet_torch.Trainer(cfg["num_classes"], cfg["num_support"], cfg["num_query"], seed=seed,
                                          **_metanet_model_kwargs(cfg))
     self.num_params = metanet_torch.num_parameters(self.trainer.model)
-
-  def run(self, steps: int, threads: int) -> float:
-    self.torch.set_num_threads(threads)
-    t0 = time.perf_counter()
-    for _ in range(steps):
-      self.trainer.step()
-    return time.perf_counter() - t0
 
 
 def metanet_throughput(cfg: dict, *, rounds: int, target_run_s: float, torch_threads: list[int],
@@ -392,39 +384,11 @@ def metanet_throughput(cfg: dict, *, rounds: int, target_run_s: float, torch_thr
   common.log(f"[metanet] compiled in {js.compiled.total_s:.1f} s (lower {js.compiled.lower_s:.1f} s, "
              f"compile {js.compiled.compile_s:.1f} s, cpu {js.compile_cpu_s:.1f} s)")
   js.run(1)  # warm-up
-  jax_steps = _steps_for(js.run(1), target_run_s)
-  tr = None
-  torch_steps = {}
-  if torch_threads:
-    tr = MetaNetTorchRunner(cfg, seed=seed)
-    for th in torch_threads:
-      tr.run(1, th)  # warm-up
-      torch_steps[th] = _steps_for(tr.run(1, th), target_run_s)
-  jax_rates, torch_rates = [], {th: [] for th in torch_threads}
-  for r in range(rounds):
-    jax_rates.append(jax_steps / js.run(jax_steps))
-    for th in torch_threads:
-      torch_rates[th].append(torch_steps[th] / tr.run(torch_steps[th], th))
-    common.log(f"[metanet] round {r + 1}/{rounds}: memjax {jax_rates[-1]:.3g} episodes/s"
-               + "".join(f", torch({th} thr) {torch_rates[th][-1]:.3g} episodes/s" for th in torch_threads))
-  res = {
-      "model": "metanet", "config": dict(cfg), "rounds": rounds,
-      "memjax_episodes_s": statistics.median(jax_rates), "memjax_runs": jax_rates,
-      "memjax_steps_per_run": jax_steps, "memjax_step_s": 1.0 / statistics.median(jax_rates),
-      "compile_s": js.compiled.total_s, "lower_s": js.compiled.lower_s, "xla_compile_s": js.compiled.compile_s,
-      "compile_cpu_s": js.compile_cpu_s, "num_params_memjax": js.num_params,
-  }
-  if tr is not None:
-    meds = {th: statistics.median(v) for th, v in torch_rates.items()}
-    best = max(meds, key=meds.get)
-    res.update({
-        "torch_episodes_s_by_threads": meds, "torch_runs": torch_rates, "torch_steps_per_run": torch_steps,
-        "torch_best_threads": best, "torch_episodes_s": meds[best],
-        "ratio": res["memjax_episodes_s"] / meds[best],
-        "ratio_by_threads": {th: res["memjax_episodes_s"] / v for th, v in meds.items()},
-        "num_params_torch": tr.num_params,
-    })
-  return res
+  tr = MetaNetTorchRunner(cfg, seed=seed) if torch_threads else None
+  timing = _alternate(js, tr, torch_threads, rounds=rounds, target_run_s=target_run_s, per_step=1,
+                      label="[metanet]", unit="episodes/s")
+  res = {"model": "metanet", "config": dict(cfg), "rounds": rounds}
+  return _rates_result(res, js, tr, timing, "episodes_s")
 
 
 def _metanet_desc(cfg: dict) -> str:
@@ -492,6 +456,52 @@ def _steps_for(seconds_per_step: float, target_s: float) -> int:
   return max(1, int(math.ceil(target_s / max(seconds_per_step, 1e-9))))
 
 
+def _alternate(js, tr, torch_threads: list[int], *, rounds: int, target_run_s: float, per_step: int,
+               label: str, unit: str) -> dict:
+  """Alternating timed runs: memjax, then torch at each thread count, ``rounds`` times.
+
+  One sizing step per side (and thread count; torch also gets a warm-up step)
+  is excluded; each run times ``ceil(target_run_s / step)`` steps. Rates are
+  ``per_step`` items (sequences, episodes) per second.
+  """
+  jax_steps = _steps_for(js.run(1), target_run_s)
+  torch_steps = {}
+  for th in torch_threads if tr is not None else ():
+    tr.run(1, th)  # warm-up
+    torch_steps[th] = _steps_for(tr.run(1, th), target_run_s)
+  jax_rates, torch_rates = [], {th: [] for th in torch_steps}
+  for r in range(rounds):
+    jax_rates.append(per_step * jax_steps / js.run(jax_steps))
+    for th, n in torch_steps.items():
+      torch_rates[th].append(per_step * n / tr.run(n, th))
+    common.log(f"{label} round {r + 1}/{rounds}: memjax {jax_rates[-1]:.3g} {unit}"
+               + "".join(f", torch({th} thr) {torch_rates[th][-1]:.3g} {unit}" for th in torch_rates))
+  return {"jax_rates": jax_rates, "jax_steps": jax_steps, "torch_rates": torch_rates,
+          "torch_steps": torch_steps}
+
+
+def _rates_result(res: dict, js, tr, timing: dict, unit_key: str) -> dict:
+  """Adds medians, runs, compile times and (with torch) the ratios to ``res``."""
+  jax_median = statistics.median(timing["jax_rates"])
+  res.update({
+      f"memjax_{unit_key}": jax_median, "memjax_runs": timing["jax_rates"],
+      "memjax_steps_per_run": timing["jax_steps"], "memjax_step_s": 1.0 / jax_median,
+      "compile_s": js.compiled.total_s, "lower_s": js.compiled.lower_s, "xla_compile_s": js.compiled.compile_s,
+      "compile_cpu_s": js.compile_cpu_s, "num_params_memjax": js.num_params,
+  })
+  if tr is not None and timing["torch_rates"]:
+    meds = {th: statistics.median(v) for th, v in timing["torch_rates"].items()}
+    best = max(meds, key=meds.get)
+    res.update({
+        f"torch_{unit_key}_by_threads": meds, "torch_runs": timing["torch_rates"],
+        "torch_steps_per_run": timing["torch_steps"], "torch_best_threads": best,
+        f"torch_{unit_key}": meds[best], "ratio": jax_median / meds[best],
+        "ratio_by_threads": {th: jax_median / v for th, v in meds.items()},
+        "num_params_torch": tr.num_params,
+    })
+  return res
+
+
 def throughput_at(batch: int, *, max_length: int, rounds: int, target_run_s: float, torch_threads: list[int],
                   seed: int) -> dict:
   """Alternating timed runs of memjax and torch at one batch size."""
@@ -499,40 +509,13 @@ def throughput_at(batch: int, *, max_length: int, rounds: int, target_run_s: flo
   js = build_ntm_step(batch, max_length, seed=seed)
   common.log(f"[batch {batch}] compiled in {js.compiled.total_s:.1f} s "
              f"(lower {js.compiled.lower_s:.1f} s, compile {js.compiled.compile_s:.1f} s, cpu {js.compile_cpu_s:.1f} s)")
-  js.run(2)  # warm-up
-  t1 = js.run(1)
-  jax_steps = _steps_for(t1, target_run_s)
-  tr = None
-  torch_steps = {}
-  if torch_threads:
-    tr = TorchRunner(batch, max_length, seed=seed)
-    for th in torch_threads:
-      tr.run(1, th)  # warm-up
-      torch_steps[th] = _steps_for(tr.run(1, th), target_run_s)
-  jax_rates, torch_rates = [], {th: [] for th in torch_threads}
-  for r in range(rounds):
-    jax_rates.append(batch * jax_steps / js.run(jax_steps))
-    for th in torch_threads:
-      torch_rates[th].append(batch * torch_steps[th] / tr.run(torch_steps[th], th))
-    common.log(f"[batch {batch}] round {r + 1}/{rounds}: memjax {jax_rates[-1]:.1f} seq/s"
-               + "".join(f", torch({th} thr) {torch_rates[th][-1]:.2f} seq/s" for th in torch_threads))
-  res = {
-      "batch": batch, "max_length": max_length, "seq_len": js.seq_len,
-      "memjax_seq_s": statistics.median(jax_rates), "memjax_runs": jax_rates, "memjax_steps_per_run": jax_steps,
-      "memjax_step_s": batch / statistics.median(jax_rates),
-      "compile_s": js.compiled.total_s, "lower_s": js.compiled.lower_s, "xla_compile_s": js.compiled.compile_s,
-      "compile_cpu_s": js.compile_cpu_s, "num_params_memjax": js.num_params,
-  }
-  if tr is not None:
-    meds = {th: statistics.median(v) for th, v in torch_rates.items()}
-    best = max(meds, key=meds.get)
-    res.update({
-        "torch_seq_s_by_threads": meds, "torch_runs": torch_rates, "torch_steps_per_run": torch_steps,
-        "torch_best_threads": best, "torch_seq_s": meds[best],
-        "ratio": res["memjax_seq_s"] / meds[best],
-        "ratio_by_threads": {th: res["memjax_seq_s"] / v for th, v in meds.items()},
-        "num_params_torch": tr.num_params,
-    })
+  js.run(1)  # warm-up
+  tr = TorchRunner(batch, max_length, seed=seed) if torch_threads else None
+  timing = _alternate(js, tr, torch_threads, rounds=rounds, target_run_s=target_run_s, per_step=batch,
+                      label=f"[batch {batch}]", unit="seq/s")
+  res = {"batch": batch, "max_length": max_length, "seq_len": js.seq_len}
+  res = _rates_result(res, js, tr, timing, "seq_s")
+  res["memjax_step_s"] = batch / res["memjax_seq_s"]
   res["_jaxstep"] = js
   return res
 
