@@ -65,11 +65,36 @@ def test_preprocess_gradients_matches_definition():
   assert np.all(np.isfinite(d))  # finite at 0 and at the branch point: second order is safe
 
 
-@pytest.mark.parametrize("s", [3, 11])  # stacked-kernel path (S <= 8) and im2col path
-def test_mixed_weights_conv_equals_materialised_kernel(s):
+def _np_sigmoid(z):
+  return 1.0 / (1.0 + np.exp(-z))
+
+
+def test_coordinate_wise_meta_learners_match_numpy():
+  """m (MLP 2→20→20→1) and d (LSTM, 20 units) applied to every coordinate on its own."""
+  g = np.random.default_rng(0).normal(size=(4, 7, 2)).astype(np.float32)  # [T, P, 2]
+  mlp = jax.tree.map(np.float64, metanet.init_mlp(jax.random.key(1)))
+  h = np.maximum(g[0] @ mlp["w0"] + mlp["b0"], 0)
+  h = np.maximum(h @ mlp["w1"] + mlp["b1"], 0)
+  np.testing.assert_allclose(metanet.mlp_apply(metanet.init_mlp(jax.random.key(1)), g[0]),
+                             (h @ mlp["w2"] + mlp["b2"])[:, 0], rtol=1e-5, atol=1e-6)
+
+  lstm = jax.tree.map(np.float64, metanet.init_lstm(jax.random.key(2)))
+  hid = lstm["wh"].shape[0]
+  h = c = np.zeros((7, hid))
+  for x in g:  # the equations of lstm_apply's docstring, one step at a time
+    z = x @ lstm["wx"] + h @ lstm["wh"] + lstm["b"]
+    i, f, gg, o = (z[:, k * hid:(k + 1) * hid] for k in range(4))
+    c = _np_sigmoid(f) * c + _np_sigmoid(i) * np.tanh(gg)
+    h = _np_sigmoid(o) * np.tanh(c)
+  np.testing.assert_allclose(metanet.lstm_apply(metanet.init_lstm(jax.random.key(2)), g),
+                             (h @ lstm["w_out"] + lstm["b_out"])[:, 0], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("s,kernel", [(3, (3, 3)), (11, (3, 3)), (2, (2, 3))])
+def test_mixed_weights_conv_equals_materialised_kernel(s, kernel):
   k1, k2, k3 = jax.random.split(jax.random.key(0), 3)
-  x = jax.random.normal(k1, (5, 5, 3))
-  values = jax.random.normal(k2, (s, 3, 3, 3, 4))
+  x = jax.random.normal(k1, (5, 6, 3))
+  values = jax.random.normal(k2, (s, *kernel, 3, 4))
   a = jax.nn.softmax(jax.random.normal(k3, (s,)))
   mixed = MixedWeights(values, a)
   np.testing.assert_allclose(metanet._conv_any(x, mixed), metanet._conv(x, mixed.mix()),
