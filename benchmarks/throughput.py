@@ -49,14 +49,34 @@ medians of episodes/s and their ratio against the faster torch thread count
 (target: memjax ≥ 5×), and the memjax compile time apart. ``--quick`` uses a
 small MetaNet (8×8 images, 2 blocks of 8 filters, FC 16) so that it takes seconds.
 
+MANN (``--models mann``; Santoro et al. 2016, LRUA, the Omniglot configuration:
+LSTM controller 200, 4 read heads, memory 128 × 40, usage decay 0.95, inputs a
+20×20 image flattened (400) + the previous step's 5-way one-hot label, 5 logits
+from [h_t, r_t]; batch 16 episodes of 50 steps, softmax cross-entropy over all
+steps; Adam 1e-3 with components clipped to ±10 on both sides):
+
+* memjax: the jitted train step of ``nn.RNN(MANNCell)`` (one ``lax.scan``),
+  synthetic episodes (uniform images and labels) drawn on device inside the step;
+* reference: :mod:`benchmarks.reference.mann_torch`, eager PyTorch with an
+  ``nn.LSTMCell`` controller and a Python loop over the 50 time steps, the same
+  equations (content-only cosine reads; LRUA writes w^w = σ(α) w^r_{t−1} +
+  (1 − σ(α)) w^lu_{t−1} after zeroing the least-used slot; usage
+  w^u_t = γ w^u_{t−1} + Σ w^r + Σ w^w), episodes drawn on the host.
+
+Alternating timed runs as for MetaNet; episodes/s, the ratio against the faster
+torch thread count (target: memjax ≥ 10× at batch 16) and the memjax compile
+time apart. ``--quick`` uses a tiny MANN (memory 16×8, LSTM 16, 1 head, 8×8
+images, 5-step episodes, batch 2).
+
     python -m benchmarks.throughput --out bench_out               # full (~10 min)
     python -m benchmarks.throughput --quick --out /tmp/b          # smoke run
     python -m benchmarks.throughput --profile 64                  # + top XLA ops at batch 64
     python -m benchmarks.throughput --models metanet --out /tmp/m # MetaNet only
+    python -m benchmarks.throughput --models mann --out /tmp/m    # MANN only
 
 Writes ``throughput.md``, ``throughput.json`` and ``throughput.png`` to ``--out``
 (with ``ntm`` in ``--models``; otherwise the markdown and JSON only).
-``--models`` takes ``ntm`` (default), ``mann`` (a memjax-only hook) and ``metanet``.
+``--models`` takes ``ntm`` (default), ``mann`` and ``metanet`` (comma-separated).
 """
 
 from __future__ import annotations
@@ -75,7 +95,7 @@ import statistics
 import sys
 import tempfile
 import time
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -96,6 +116,15 @@ METANET_CONFIG = dict(num_classes=5, num_support=1, num_query=10, image_shape=(2
                       num_blocks=5, hidden=64)
 METANET_QUICK_CONFIG = dict(METANET_CONFIG, image_shape=(8, 8, 1), filters=8, num_blocks=2, hidden=16)
 TARGET_METANET_RATIO = 5.0
+
+# MANN: Santoro et al. 2016's Omniglot configuration (memjax.mann.MANNCell's
+# defaults), batch 16 episodes of 50 steps, 20×20 images; --quick: a tiny one.
+MANN_CONFIG = dict(batch=16, seq_len=50, num_classes=5, image_size=20, controller=200, read_heads=4,
+                   memory_size=128, word_size=40, usage_decay=0.95)
+MANN_QUICK_CONFIG = dict(MANN_CONFIG, batch=2, seq_len=5, image_size=8, controller=16, read_heads=1,
+                         memory_size=16, word_size=8)
+TARGET_MANN_RATIO = 10.0
+TARGET_MANN_BATCH = 16
 
 
 # --------------------------------------------------------------------------- memjax NTM
@@ -250,57 +279,163 @@ def _module_exists(name: str) -> bool:
     return False
 
 
-def mann_hook(args, batch: int = 16, rounds: int = 3, run_s: float = 1.5) -> tuple[str, dict | None]:
-  """memjax.mann (MANN/LRUA): memjax-only train-step throughput, no reference yet.
+@dataclasses.dataclass
+class MANNStep(_Stepped):
+  """A compiled memjax MANN train step and its state."""
+  executable: Any
+  state: Any
+  compiled: common.Compiled
+  compile_cpu_s: float
+  num_params: int
 
-  Santoro et al. 2016's configuration (LSTM 200, 4 read heads, memory 128 × 40,
-  usage decay 0.95) on a synthetic 5-way episode of 50 steps generated on device
-  (random 20×20 "images" with the previous step's one-hot label appended, as in
-  the paper's (x_t, y_{t−1}) inputs), softmax cross-entropy, centred RMSProp.
+
+def _mann_inputs(jax, jnp, key, cfg: dict):
+  """Synthetic episodes on device: ``(inputs [B, T, S² + K], labels [B, T])``, x_t = [image_t, onehot(y_{t−1})]."""
+  b, t, k, s = cfg["batch"], cfg["seq_len"], cfg["num_classes"], cfg["image_size"]
+  k_img, k_lab = jax.random.split(key)
+  images = jax.random.uniform(k_img, (b, t, s * s))
+  labels = jax.random.randint(k_lab, (b, t), 0, k)
+  prev = jnp.pad(jax.nn.one_hot(labels, k)[:, :-1], ((0, 0), (1, 0), (0, 0)))
+  return jnp.concatenate([images, prev], axis=-1), labels
+
+
+def build_mann_step(cfg: dict = MANN_CONFIG, seed: int = 0) -> MANNStep:
+  """The memjax MANN (LRUA) Omniglot-shaped train step, compiled (compile timed apart).
+
+  ``nn.RNN(MANNCell)`` over B synthetic episodes of T steps drawn on device
+  inside the step (uniform S×S images flattened, uniform labels, the previous
+  step's one-hot label appended, as the paper's (x_t, y_{t−1}) inputs),
+  ``mann.mann_loss`` (softmax cross-entropy averaged over B·T), Adam 1e-3 after
+  clipping every gradient component to ±10 (``training.make_step``).
   """
+  import flax.linen as nn
+  import jax
+  import jax.numpy as jnp
+  from memjax import mann, training
+
+  cell = mann.MANNCell(features=cfg["num_classes"], memory_size=cfg["memory_size"], word_size=cfg["word_size"],
+                       num_read_heads=cfg["read_heads"], controller_features=cfg["controller"],
+                       usage_decay=cfg["usage_decay"])
+  model = nn.RNN(cell)
+  x, _ = _mann_inputs(jax, jnp, jax.random.key(seed), cfg)
+  params = model.init(jax.random.key(seed), x)
+
+  def loss_fn(p, key):
+    inputs, labels = _mann_inputs(jax, jnp, key, cfg)
+    return mann.mann_loss(model.apply(p, inputs), labels), {}
+
+  opt = training.make_optimizer("adam", 1e-3, clip=10.0)
+  state = training.init_state(params, opt)
+  step = training.make_step(loss_fn, opt, jax.random.key(seed + 1))
+  cpu0 = time.process_time()
+  compiled = common.compile_fn(step, state)
+  cpu = time.process_time() - cpu0
+  n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))
+  return MANNStep(compiled.executable, state, compiled, cpu, n_params)
+
+
+class MANNTorchRunner(_TorchTimed):
+  """The eager PyTorch MANN reference trainer (:mod:`benchmarks.reference.mann_torch`)."""
+
+  def __init__(self, cfg: dict = MANN_CONFIG, seed: int = 0):
+    from benchmarks.reference import mann_torch
+    self.torch = common.optional_torch()
+    self.trainer = mann_torch.Trainer(cfg["batch"], cfg["seq_len"], cfg["num_classes"], cfg["image_size"],
+                                      seed=seed, controller_size=cfg["controller"],
+                                      memory_size=cfg["memory_size"], word_size=cfg["word_size"],
+                                      read_heads=cfg["read_heads"], usage_decay=cfg["usage_decay"])
+    self.num_params = mann_torch.num_parameters(self.trainer.model)
+
+
+def mann_throughput(cfg: dict, *, rounds: int, target_run_s: float, torch_threads: list[int],
+                    seed: int = 0) -> dict:
+  """Episodes/s of the memjax and the PyTorch MANN train steps, alternating timed runs.
+
+  One warm-up step and one sizing step per side (and per torch thread count) are
+  excluded; each of ``rounds`` rounds then times ``ceil(target_run_s / step)``
+  steps of memjax, then of torch at each thread count. Medians over rounds; one
+  step trains on ``batch`` episodes.
+  """
+  common.log(f"[mann] compiling memjax step ({_mann_desc(cfg)}) ...")
+  js = build_mann_step(cfg, seed=seed)
+  common.log(f"[mann] compiled in {js.compiled.total_s:.1f} s (lower {js.compiled.lower_s:.1f} s, "
+             f"compile {js.compiled.compile_s:.1f} s, cpu {js.compile_cpu_s:.1f} s)")
+  js.run(1)  # warm-up
+  tr = MANNTorchRunner(cfg, seed=seed) if torch_threads else None
+  timing = _alternate(js, tr, torch_threads, rounds=rounds, target_run_s=target_run_s, per_step=cfg["batch"],
+                      label="[mann]", unit="episodes/s")
+  res = {"model": "mann", "config": dict(cfg), "rounds": rounds, "batch": cfg["batch"], "seq_len": cfg["seq_len"]}
+  res = _rates_result(res, js, tr, timing, "episodes_s")
+  res["memjax_step_s"] = cfg["batch"] / res["memjax_episodes_s"]
+  return res
+
+
+def _mann_desc(cfg: dict) -> str:
+  s = cfg["image_size"]
+  return (f"batch {cfg['batch']}, {cfg['num_classes']}-way episodes of {cfg['seq_len']} steps, {s}×{s} images, "
+          f"LSTM {cfg['controller']}, {cfg['read_heads']} read head{'s' if cfg['read_heads'] != 1 else ''}, memory {cfg['memory_size']}×{cfg['word_size']}, "
+          f"usage decay {cfg['usage_decay']}")
+
+
+def _comparison_line(name: str, desc: str, m: dict, target: str, section: str) -> str:
+  """One line for the "Other models" list: memjax episodes/s, compile, and the torch ratio."""
+  line = f"{name}: {desc}: memjax {m['memjax_episodes_s']:.3g} episodes/s, compile {m['compile_s']:.1f} s"
+  if "ratio" in m:
+    line += (f"; PyTorch reference {m['torch_episodes_s']:.3g} episodes/s ({m['torch_best_threads']} thr): "
+             f"**{m['ratio']:.1f}×** (target {target})")
+  else:
+    line += "; PyTorch reference skipped"
+  return line + f" (see the {section} section)."
+
+
+def mann_summary(m: dict) -> str:
+  """One line for the "Other models" list."""
+  return _comparison_line("mann", _mann_desc(m["config"]), m,
+                          f"≥ {TARGET_MANN_RATIO:.0f}× at batch {TARGET_MANN_BATCH}", "MANN")
+
+
+def mann_markdown(m: dict) -> str:
+  """The report's MANN section."""
+  lines = ["## MANN (Santoro et al. 2016, LRUA): train step vs an eager PyTorch reference", "",
+           f"{_mann_desc(m['config'])}; content-only reads, LRUA writes; synthetic episodes (uniform images and "
+           f"labels, previous one-hot label appended), softmax cross-entropy over all steps, Adam 1e-3, clip ±10. "
+           f"memjax: the jitted `training.make_step` of `nn.RNN(MANNCell)` (episodes drawn on device); reference: "
+           f"`benchmarks/reference/mann_torch.py` (eager, `nn.LSTMCell`, a Python loop over the time steps). "
+           f"memjax params {m['num_params_memjax']:,}"
+           + (f", torch params {m['num_params_torch']:,} (nn.LSTMCell has two bias vectors)"
+              if "num_params_torch" in m else "")
+           + f". Medians over {m['rounds']} alternating rounds (warm-up excluded).", ""]
+  headers = ["batch", "memjax episodes/s", "memjax ms/step"]
+  row = [m["batch"], m["memjax_episodes_s"], 1e3 * m["memjax_step_s"]]
+  if "ratio" in m:
+    ths = sorted(m["torch_episodes_s_by_threads"])
+    headers += [f"torch episodes/s ({t} thr)" for t in ths] + [f"memjax / torch ({t} thr)" for t in ths] \
+        + ["memjax / best torch"]
+    row += [m["torch_episodes_s_by_threads"][t] for t in ths] \
+        + [f"{m['ratio_by_threads'][t]:.1f}×" for t in ths] + [f"**{m['ratio']:.1f}×**"]
+  lines += [common.markdown_table(headers, [row]), ""]
+  if "ratio" not in m:
+    lines += ["PyTorch is not installed (`pip install -e .[bench]`) or was disabled: the reference was skipped.", ""]
+  lines += [f"Compile (memjax train step, timed apart): {m['compile_s']:.1f} s (trace+lower {m['lower_s']:.1f} s, "
+            f"XLA compile {m['xla_compile_s']:.1f} s, process CPU {m['compile_cpu_s']:.1f} s).", ""]
+  if "ratio" in m:
+    if m["batch"] == TARGET_MANN_BATCH:
+      name, met = f"MANN speed-up vs torch at batch {TARGET_MANN_BATCH}", "yes" if m["ratio"] >= TARGET_MANN_RATIO \
+          else "**no**"
+    else:  # e.g. --quick: a different model and batch, so the target does not apply
+      name, met = f"MANN speed-up vs torch (batch {m['batch']}; target is at batch {TARGET_MANN_BATCH})", "n/a"
+    lines += [_fmt_targets([[name, f"{m['ratio']:.1f}×", f"≥ {TARGET_MANN_RATIO:.0f}×", met]]), ""]
+  return "\n".join(lines)
+
+
+def mann_hook(args, *, quick: bool, rounds: int, run_s: float, torch_threads: list[int]
+              ) -> tuple[str, dict | None]:
+  """memjax.mann vs :mod:`benchmarks.reference.mann_torch` (quick: a tiny MANN)."""
   if not _module_exists("memjax.mann"):
-    return "mann: not benchmarked yet (memjax.mann does not exist yet).", None
-  try:
-    import flax.linen as nn
-    import jax
-    import jax.numpy as jnp
-    from memjax import mann, training
-    cell = mann.MANNCell(features=5)
-    model = nn.RNN(cell)
-    t, classes, pixels = 50, 5, 400
-    params = model.init(jax.random.key(0), jnp.zeros((batch, t, pixels + classes)))
-
-    def loss_fn(p, key):
-      k_img, k_lab = jax.random.split(key)
-      images = jax.random.uniform(k_img, (batch, t, pixels))
-      labels = jax.random.randint(k_lab, (batch, t), 0, classes)
-      prev = jnp.pad(jax.nn.one_hot(labels, classes)[:, :-1], ((0, 0), (1, 0), (0, 0)))
-      logits = model.apply(p, jnp.concatenate([images, prev], axis=-1))
-      return mann.mann_loss(logits, labels), {}
-
-    opt = training.make_optimizer("rmsprop")
-    state = training.init_state(params, opt)
-    step = training.make_step(loss_fn, opt, jax.random.key(1))
-    compiled = common.compile_fn(step, state)
-    exe = compiled.executable
-
-    def run(n):
-      nonlocal state
-      t0 = time.perf_counter()
-      for _ in range(n):
-        state, loss, _, _ = exe(state)
-        jax.block_until_ready(loss)
-      return time.perf_counter() - t0
-
-    run(2)
-    n = _steps_for(run(1), run_s)
-    step_s = statistics.median(run(n) / n for _ in range(rounds))
-  except Exception as e:  # the module is being written by others: report, do not fail the run
-    return f"mann: not benchmarked — the MANN hook failed with {type(e).__name__}: {e}", None
-  res = {"model": "mann", "batch": batch, "seq_len": t, "step_s": step_s, "seq_s": batch / step_s,
-         "compile_s": compiled.total_s}
-  return (f"mann (memjax only; no PyTorch reference yet): batch {batch}, 5-way episodes of {t} steps, "
-          f"{res['seq_s']:.1f} episodes/s ({1e3 * step_s:.1f} ms/step), compile {compiled.total_s:.1f} s."), res
+    return "mann: not benchmarked (memjax.mann does not exist).", None
+  cfg = MANN_QUICK_CONFIG if quick else MANN_CONFIG
+  res = mann_throughput(cfg, rounds=rounds, target_run_s=run_s, torch_threads=torch_threads, seed=args.seed)
+  return mann_summary(res), res
 
 
 @dataclasses.dataclass
@@ -399,14 +534,8 @@ def _metanet_desc(cfg: dict) -> str:
 
 def metanet_summary(m: dict) -> str:
   """One line for the "Other models" list."""
-  line = (f"metanet: {_metanet_desc(m['config'])}: memjax {m['memjax_episodes_s']:.3g} episodes/s, "
-          f"compile {m['compile_s']:.1f} s")
-  if "ratio" in m:
-    line += (f"; PyTorch reference {m['torch_episodes_s']:.3g} episodes/s ({m['torch_best_threads']} thr): "
-             f"**{m['ratio']:.1f}×** (target ≥ {TARGET_METANET_RATIO:.0f}×)")
-  else:
-    line += "; PyTorch reference skipped"
-  return line + " (see the MetaNet section)."
+  return _comparison_line("metanet", _metanet_desc(m["config"]), m, f"≥ {TARGET_METANET_RATIO:.0f}×",
+                          "MetaNet")
 
 
 def metanet_markdown(m: dict) -> str:
@@ -773,6 +902,8 @@ def report(res: dict, env: dict, peaks: common.Peaks) -> str:
                                       r["shape"], (r["jax_op"] or "")[-70:]] for r in p],
                                     ["l", "r", "r", "r", "l", "l"]), ""]
   lines += ["## Other models", ""] + [f"- {m}" for m in res["other_models"]] + [""]
+  if res.get("mann"):
+    lines += [mann_markdown(res["mann"])]
   if res.get("metanet"):
     lines += [metanet_markdown(res["metanet"])]
   lines += [f"Total benchmark time {res['elapsed_s']:.0f} s.", ""]
@@ -803,7 +934,7 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--quick", action="store_true", help="one small batch, short runs, no sweeps (smoke test)")
   p.add_argument("--out", default="bench_out", help="directory for throughput.md/.json/.png")
   p.add_argument("--models", default="ntm",
-                 help="comma-separated: ntm, mann (memjax only), metanet (vs its PyTorch reference)")
+                 help="comma-separated: ntm, mann, metanet (each vs its PyTorch reference)")
   p.add_argument("--batches", type=_int_list, default=None, help="default 1,16,64 (quick: 2)")
   p.add_argument("--max-length", type=int, default=None, help="copy max length (default 20; quick 5)")
   p.add_argument("--rounds", type=int, default=None, help="alternating rounds (default 3; quick 2)")
@@ -838,13 +969,14 @@ def main(argv=None) -> dict:
     common.log("PyTorch not installed: skipping the reference (pip install -e .[bench]).")
   t_start = time.perf_counter()
   other, other_results = [], []
+  mann_res = None
   if "mann" in models:
-    line, r = mann_hook(args, batch=4 if quick else 16, rounds=rounds, run_s=run_s)
+    line, mann_res = mann_hook(args, quick=quick, rounds=rounds, run_s=run_s, torch_threads=torch_threads)
     other.append(line)
-    if r:
-      other_results.append(r)
+    if mann_res:
+      other_results.append(mann_res)
   else:
-    other.append("mann: not requested (`--models ntm,mann` runs its memjax-only hook).")
+    other.append("mann: not requested (`--models ntm,mann` runs it against its PyTorch reference).")
   metanet_res = None
   if "metanet" in models:
     line, metanet_res = metanet_hook(args, quick=quick, rounds=rounds, run_s=run_s, torch_threads=torch_threads)
@@ -857,10 +989,14 @@ def main(argv=None) -> dict:
   res: dict = {"other_models": other, "other_results": other_results, "args": vars(args), "environment": env}
   if metanet_res is not None:
     res["metanet"] = metanet_res
+  if mann_res is not None:
+    res["mann"] = mann_res
   if "ntm" not in models:
     res["elapsed_s"] = time.perf_counter() - t_start
     text = "\n".join(["# memjax training throughput", "", common.environment_markdown(env), "",
                       "## Other models", ""] + [f"- {m}" for m in other] + [""])
+    if mann_res is not None:
+      text += "\n" + mann_markdown(mann_res)
     if metanet_res is not None:
       text += "\n" + metanet_markdown(metanet_res)
     print(text)

@@ -178,6 +178,70 @@ def test_metanet_torch_reference_shapes_and_training():
   assert all(math.isfinite(v) for v in losses) and losses[-1] < losses[0]
 
 
+def test_throughput_mann_quick(tmp_path):
+  """``--models mann --quick``: a tiny MANN, memjax vs the torch reference (if installed)."""
+  res = throughput.main(["--quick", "--models", "mann", "--out", str(tmp_path)])
+  assert len(res["other_models"]) == 2
+  assert res["other_models"][0].startswith("mann: ")
+  assert "metanet: not requested" in res["other_models"][1]
+  m = res["mann"]
+  assert m["config"] == throughput.MANN_QUICK_CONFIG and m["batch"] == 2
+  assert _positive_finite(m["memjax_episodes_s"]) and _positive_finite(m["compile_s"])
+  assert len(m["memjax_runs"]) == 2
+  if HAS_TORCH:
+    assert _positive_finite(m["torch_episodes_s"]) and _positive_finite(m["ratio"])
+    # Same shapes on both sides; nn.LSTMCell has a second bias vector (4 × controller).
+    assert m["num_params_torch"] == m["num_params_memjax"] + 4 * throughput.MANN_QUICK_CONFIG["controller"]
+  else:
+    assert "ratio" not in m
+  table = (tmp_path / "throughput.md").read_text()
+  assert "## MANN" in table and "memjax episodes/s" in table
+  assert ("MANN speed-up vs torch" in table) == HAS_TORCH
+  data = json.loads((tmp_path / "throughput.json").read_text())
+  assert data["mann"]["memjax_episodes_s"] == pytest.approx(m["memjax_episodes_s"])
+
+
+def test_mann_torch_reference_matches_memjax():
+  """The reference's shapes, a finite loss with gradients everywhere, and (with the memjax
+  parameters copied in) the same logits as ``nn.RNN(MANNCell)``: the same equations."""
+  if not HAS_TORCH:
+    pytest.skip("torch not installed (bench extra)")
+  import flax.linen as nn
+  import jax
+  import jax.numpy as jnp
+  import torch
+  from benchmarks.reference import mann_torch
+  from memjax import mann
+  inputs, labels = mann_torch.random_episodes(3, 7, 5, 4, torch.Generator().manual_seed(0))
+  assert inputs.shape == (3, 7, 21) and labels.shape == (3, 7)
+  assert inputs[:, 0, 16:].sum() == 0  # no previous label at t = 0
+  np.testing.assert_array_equal(inputs[:, 1:, 16:].argmax(-1).numpy(), labels[:, :-1].numpy())
+  kw = dict(controller_size=16, memory_size=16, word_size=8, read_heads=2)
+  model = mann_torch.MANN(num_inputs=21, **kw)
+  logits = model(inputs)
+  assert logits.shape == (3, 7, 5) and torch.isfinite(logits).all()
+  loss = mann_torch.mann_loss(logits, labels)
+  assert math.isfinite(loss.item())
+  loss.backward()
+  for name, p in model.named_parameters():
+    assert p.grad is not None and torch.isfinite(p.grad).all(), name
+  # Same equations as memjax: copy the flax parameters in and compare the logits.
+  cell = mann.MANNCell(features=5, memory_size=16, word_size=8, num_read_heads=2, controller_features=16)
+  x = jnp.asarray(inputs.numpy())
+  variables = nn.RNN(cell).init(jax.random.key(0), x)
+  mann_torch.load_flax_params(model, variables["params"]["cell"])
+  n_jax = sum(int(np.prod(v.shape)) for v in jax.tree.leaves(variables))
+  assert mann_torch.num_parameters(model) == n_jax + 4 * 16  # nn.LSTMCell's second bias
+  with torch.no_grad():
+    got = model(inputs).numpy()
+  want = np.asarray(nn.RNN(cell).apply(variables, x))
+  np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-5)
+  assert float(mann.mann_loss(want, jnp.asarray(labels.numpy()))) == pytest.approx(
+      mann_torch.mann_loss(torch.tensor(got), labels).item(), rel=1e-5)
+  trainer = mann_torch.Trainer(2, 5, 5, 4, seed=0, **kw)
+  assert math.isfinite(trainer.step())
+
+
 def test_torch_reference_matches_the_copy_task_layout():
   if not HAS_TORCH:
     pytest.skip("torch not installed (bench extra)")
