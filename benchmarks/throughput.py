@@ -114,7 +114,7 @@ NTM_CONFIG = dict(num_inputs=9, num_outputs=8, controller=100, memory_size=128, 
 # 1-shot, 10 queries per class; --quick uses a small one so that it takes seconds.
 METANET_CONFIG = dict(num_classes=5, num_support=1, num_query=10, image_shape=(28, 28, 1), filters=64,
                       num_blocks=5, hidden=64)
-METANET_QUICK_CONFIG = dict(METANET_CONFIG, image_shape=(8, 8, 1), filters=8, num_blocks=2, hidden=16)
+METANET_QUICK_CONFIG = dict(METANET_CONFIG, image_shape=(8, 8, 1), filters=8, num_blocks=1, hidden=16)
 TARGET_METANET_RATIO = 5.0
 
 # MANN: Santoro et al. 2016's Omniglot configuration (memjax.mann.MANNCell's
