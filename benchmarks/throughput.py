@@ -279,6 +279,24 @@ def _module_exists(name: str) -> bool:
     return False
 
 
+def _compile_adam_step(loss_fn, params, seed: int) -> tuple:
+  """``training.make_step`` with Adam 1e-3, clip ±10, compiled (timed apart).
+
+  Returns (executable, state, common.Compiled, compile process-CPU seconds, parameter count).
+  """
+  import jax
+
+  from memjax import training
+  opt = training.make_optimizer("adam", 1e-3, clip=10.0)
+  state = training.init_state(params, opt)
+  step = training.make_step(loss_fn, opt, jax.random.key(seed + 1))
+  cpu0 = time.process_time()
+  compiled = common.compile_fn(step, state)
+  cpu = time.process_time() - cpu0
+  n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))
+  return compiled.executable, state, compiled, cpu, n_params
+
+
 @dataclasses.dataclass
 class MANNStep(_Stepped):
   """A compiled memjax MANN train step and its state."""
@@ -311,7 +329,7 @@ def build_mann_step(cfg: dict = MANN_CONFIG, seed: int = 0) -> MANNStep:
   import flax.linen as nn
   import jax
   import jax.numpy as jnp
-  from memjax import mann, training
+  from memjax import mann
 
   cell = mann.MANNCell(features=cfg["num_classes"], memory_size=cfg["memory_size"], word_size=cfg["word_size"],
                        num_read_heads=cfg["read_heads"], controller_features=cfg["controller"],
@@ -324,14 +342,7 @@ def build_mann_step(cfg: dict = MANN_CONFIG, seed: int = 0) -> MANNStep:
     inputs, labels = _mann_inputs(jax, jnp, key, cfg)
     return mann.mann_loss(model.apply(p, inputs), labels), {}
 
-  opt = training.make_optimizer("adam", 1e-3, clip=10.0)
-  state = training.init_state(params, opt)
-  step = training.make_step(loss_fn, opt, jax.random.key(seed + 1))
-  cpu0 = time.process_time()
-  compiled = common.compile_fn(step, state)
-  cpu = time.process_time() - cpu0
-  n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))
-  return MANNStep(compiled.executable, state, compiled, cpu, n_params)
+  return MANNStep(*_compile_adam_step(loss_fn, params, seed))
 
 
 class MANNTorchRunner(_TorchTimed):
@@ -462,7 +473,6 @@ def build_metanet_step(cfg: dict = METANET_CONFIG, seed: int = 0) -> MetaNetStep
   """
   import jax
   import jax.numpy as jnp
-  from memjax import training
   from memjax.metanet import MetaNet
 
   n, k, q = cfg["num_classes"], cfg["num_support"], cfg["num_query"]
@@ -485,14 +495,7 @@ def build_metanet_step(cfg: dict = METANET_CONFIG, seed: int = 0) -> MetaNetStep
     logits = model.apply(p, sx, sy, qx)  # [N·Q, N]
     return -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(logits), qy[:, None], -1)), {}
 
-  opt = training.make_optimizer("adam", 1e-3, clip=10.0)
-  state = training.init_state(params, opt)
-  step = training.make_step(loss_fn, opt, jax.random.key(seed + 1))
-  cpu0 = time.process_time()
-  compiled = common.compile_fn(step, state)
-  cpu = time.process_time() - cpu0
-  n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))
-  return MetaNetStep(compiled.executable, state, compiled, cpu, n_params)
+  return MetaNetStep(*_compile_adam_step(loss_fn, params, seed))
 
 
 class MetaNetTorchRunner(_TorchTimed):
