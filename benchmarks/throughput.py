@@ -405,6 +405,30 @@ def mann_summary(m: dict) -> str:
                           f"≥ {TARGET_MANN_RATIO:.0f}× at batch {TARGET_MANN_BATCH}", "MANN")
 
 
+def _params_and_rounds(m: dict) -> str:
+  """Parameter counts of both sides and the number of rounds, for a section's intro."""
+  text = f"memjax params {m['num_params_memjax']:,}"
+  if "num_params_torch" in m:
+    text += f", torch params {m['num_params_torch']:,} (nn.LSTMCell has two bias vectors)"
+  return text + f". Medians over {m['rounds']} alternating rounds (warm-up excluded)."
+
+
+def _episodes_table_and_compile(m: dict, headers: list, row: list) -> list[str]:
+  """The episodes/s table (torch columns and ratios when measured) and the compile line."""
+  if "ratio" in m:
+    ths = sorted(m["torch_episodes_s_by_threads"])
+    headers = headers + [f"torch episodes/s ({t} thr)" for t in ths] \
+        + [f"memjax / torch ({t} thr)" for t in ths] + ["memjax / best torch"]
+    row = row + [m["torch_episodes_s_by_threads"][t] for t in ths] \
+        + [f"{m['ratio_by_threads'][t]:.1f}×" for t in ths] + [f"**{m['ratio']:.1f}×**"]
+  lines = [common.markdown_table(headers, [row]), ""]
+  if "ratio" not in m:
+    lines += ["PyTorch is not installed (`pip install -e .[bench]`) or was disabled: the reference was skipped.", ""]
+  return lines + [f"Compile (memjax train step, timed apart): {m['compile_s']:.1f} s (trace+lower "
+                  f"{m['lower_s']:.1f} s, XLA compile {m['xla_compile_s']:.1f} s, process CPU "
+                  f"{m['compile_cpu_s']:.1f} s).", ""]
+
+
 def mann_markdown(m: dict) -> str:
   """The report's MANN section."""
   lines = ["## MANN (Santoro et al. 2016, LRUA): train step vs an eager PyTorch reference", "",
@@ -412,23 +436,10 @@ def mann_markdown(m: dict) -> str:
            f"labels, previous one-hot label appended), softmax cross-entropy over all steps, Adam 1e-3, clip ±10. "
            f"memjax: the jitted `training.make_step` of `nn.RNN(MANNCell)` (episodes drawn on device); reference: "
            f"`benchmarks/reference/mann_torch.py` (eager, `nn.LSTMCell`, a Python loop over the time steps). "
-           f"memjax params {m['num_params_memjax']:,}"
-           + (f", torch params {m['num_params_torch']:,} (nn.LSTMCell has two bias vectors)"
-              if "num_params_torch" in m else "")
-           + f". Medians over {m['rounds']} alternating rounds (warm-up excluded).", ""]
+           + _params_and_rounds(m), ""]
   headers = ["batch", "memjax episodes/s", "memjax ms/step"]
   row = [m["batch"], m["memjax_episodes_s"], 1e3 * m["memjax_step_s"]]
-  if "ratio" in m:
-    ths = sorted(m["torch_episodes_s_by_threads"])
-    headers += [f"torch episodes/s ({t} thr)" for t in ths] + [f"memjax / torch ({t} thr)" for t in ths] \
-        + ["memjax / best torch"]
-    row += [m["torch_episodes_s_by_threads"][t] for t in ths] \
-        + [f"{m['ratio_by_threads'][t]:.1f}×" for t in ths] + [f"**{m['ratio']:.1f}×**"]
-  lines += [common.markdown_table(headers, [row]), ""]
-  if "ratio" not in m:
-    lines += ["PyTorch is not installed (`pip install -e .[bench]`) or was disabled: the reference was skipped.", ""]
-  lines += [f"Compile (memjax train step, timed apart): {m['compile_s']:.1f} s (trace+lower {m['lower_s']:.1f} s, "
-            f"XLA compile {m['xla_compile_s']:.1f} s, process CPU {m['compile_cpu_s']:.1f} s).", ""]
+  lines += _episodes_table_and_compile(m, headers, row)
   if "ratio" in m:
     if m["batch"] == TARGET_MANN_BATCH:
       name, met = f"MANN speed-up vs torch at batch {TARGET_MANN_BATCH}", "yes" if m["ratio"] >= TARGET_MANN_RATIO \
@@ -548,23 +559,10 @@ def metanet_markdown(m: dict) -> str:
            f"one episode per update, mean query cross-entropy, Adam 1e-3, clip ±10. memjax: the jitted "
            f"`training.make_step` (episode drawn on device); reference: "
            f"`benchmarks/reference/metanet_torch.py` (eager, a Python loop over the support examples with one "
-           f"`torch.autograd.grad` each). memjax params {m['num_params_memjax']:,}"
-           + (f", torch params {m['num_params_torch']:,} (nn.LSTMCell has two bias vectors)"
-              if "num_params_torch" in m else "")
-           + f". Medians over {m['rounds']} alternating rounds (warm-up excluded).", ""]
+           f"`torch.autograd.grad` each). " + _params_and_rounds(m), ""]
   headers = ["memjax episodes/s", "memjax s/episode"]
   row = [m["memjax_episodes_s"], m["memjax_step_s"]]
-  if "ratio" in m:
-    ths = sorted(m["torch_episodes_s_by_threads"])
-    headers += [f"torch episodes/s ({t} thr)" for t in ths] + [f"memjax / torch ({t} thr)" for t in ths] \
-        + ["memjax / best torch"]
-    row += [m["torch_episodes_s_by_threads"][t] for t in ths] \
-        + [f"{m['ratio_by_threads'][t]:.1f}×" for t in ths] + [f"**{m['ratio']:.1f}×**"]
-  lines += [common.markdown_table(headers, [row]), ""]
-  if "ratio" not in m:
-    lines += ["PyTorch is not installed (`pip install -e .[bench]`) or was disabled: the reference was skipped.", ""]
-  lines += [f"Compile (memjax train step, timed apart): {m['compile_s']:.1f} s (trace+lower {m['lower_s']:.1f} s, "
-            f"XLA compile {m['xla_compile_s']:.1f} s, process CPU {m['compile_cpu_s']:.1f} s).", ""]
+  lines += _episodes_table_and_compile(m, headers, row)
   if "ratio" in m:
     lines += [_fmt_targets([["MetaNet speed-up vs torch", f"{m['ratio']:.1f}×", f"≥ {TARGET_METANET_RATIO:.0f}×",
                              "yes" if m["ratio"] >= TARGET_METANET_RATIO else "**no**"]]), ""]
