@@ -123,10 +123,14 @@ def make_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, seed_key
     (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, key)
     finite = jnp.isfinite(loss) & jnp.all(
         jnp.stack([jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)]))
-    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
-    new = TrainState(state.step + 1, params, opt_state)
-    new = jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, state)
+
+    def update(state):
+      updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+      return TrainState(state.step + 1, optax.apply_updates(state.params, updates), opt_state)
+
+    # One conditional rather than a select per state leaf: the same values, and
+    # about a second less XLA compile time for the NTM step on a 2-core CPU.
+    new = jax.lax.cond(finite, update, lambda state: state, state)
     return new, loss, metrics, finite
 
   if mesh is None:
