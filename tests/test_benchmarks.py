@@ -259,3 +259,44 @@ def test_torch_reference_matches_the_copy_task_layout():
   assert logits.shape == (3, 9, 8) and torch.isfinite(logits).all()
   trainer = ntm_torch.Trainer(2, max_length=3)
   assert math.isfinite(trainer.step())
+
+
+def test_ntm_variants_custom_vjps_equal_autodiff():
+  """The hand-written VJPs of benchmarks.ntm_variants equal autodiff of memjax's functions (float64)."""
+  import jax
+  import jax.numpy as jnp
+  from benchmarks import ntm_variants
+  from memjax import addressing, memory
+
+  address_vjp, write_vjp = ntm_variants.custom_vjps()
+  rng = np.random.default_rng(0)
+  with jax.enable_x64(True):
+    for _ in range(3):
+      n, m = 12, 5
+      args = [rng.normal(size=(n, m)), rng.normal(size=m), rng.uniform(0.1, 10), rng.uniform(),
+              np.asarray(jax.nn.softmax(rng.normal(size=3))), 1 + rng.uniform(0, 5),
+              np.asarray(jax.nn.softmax(rng.normal(size=n)))]
+      args = [jnp.asarray(a, jnp.float64) for a in args]
+      ct = jnp.asarray(rng.normal(size=n))
+      (want, want_vjp), (got, got_vjp) = jax.vjp(addressing.ntm_address, *args), jax.vjp(address_vjp, *args)
+      np.testing.assert_allclose(got, want, rtol=1e-12)
+      for g, w in zip(got_vjp(ct), want_vjp(ct)):
+        np.testing.assert_allclose(g, w, rtol=1e-8, atol=1e-12)
+      wargs = [jnp.asarray(a) for a in (rng.normal(size=(n, m)), np.asarray(jax.nn.softmax(rng.normal(size=n))),
+                                         rng.uniform(size=m), rng.normal(size=m))]
+      ctm = jnp.asarray(rng.normal(size=(n, m)))
+      for g, w in zip(jax.vjp(write_vjp, *wargs)[1](ctm), jax.vjp(memory.write, *wargs)[1](ctm)):
+        np.testing.assert_allclose(g, w, rtol=1e-10, atol=1e-12)
+
+
+def test_ntm_variants_quick(tmp_path):
+  """``benchmarks.ntm_variants --quick``: variants compute the same first loss and report a speed."""
+  from benchmarks import ntm_variants
+  rows = ntm_variants.main(["--quick", "--variants", "plain,custom_vjp", "--out", str(tmp_path)])
+  assert [r["variant"] for r in rows] == ["plain", "custom_vjp"]
+  assert rows[0]["speed_vs_plain"] == 1.0
+  assert all(r["ms_per_step"] > 0 and np.isfinite(r["speed_vs_plain"]) for r in rows)
+  np.testing.assert_allclose(rows[1]["first_loss"], rows[0]["first_loss"], rtol=1e-6)
+  assert (tmp_path / "ntm_variants.md").exists()
+  with pytest.raises(SystemExit):
+    ntm_variants.main(["--quick", "--variants", "custom_vjp", "--out", str(tmp_path)])
