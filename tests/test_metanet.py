@@ -347,6 +347,16 @@ def test_experiment_smoke(omniglot_dir, tmp_path):
   assert 0.0 <= saved["test_accuracy"] <= 100.0
   assert saved["episodes_per_hour"] > 0
   assert (tmp_path / "learning_curve.png").exists()
+  # The attention diagnostic reads the same run directory back.
+  spec = importlib.util.spec_from_file_location("metanet_attention",
+                                                REPO / "experiments" / "metanet_attention.py")
+  attention = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(attention)
+  stats = attention.main(["--data-dir", str(omniglot_dir), "--workdir", str(tmp_path), "--episodes", "2"])
+  assert stats["step"] == 3 and stats["uniform"] == 0.2
+  assert 0.0 < stats["mean_own_class_attention"] < 1.0 and 0.0 <= stats["retrieval_accuracy"] <= 1.0
+  assert attention.simplex_attention(5) == pytest.approx(0.466, abs=1e-3)
+  assert attention.simplex_attention(20) == pytest.approx(0.131, abs=1e-3)
 
 
 @pytest.mark.parametrize("flags", [["--num-classes", "7"], ["--batch-size", "0"],
