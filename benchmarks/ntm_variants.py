@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import statistics
 import time
 
@@ -103,16 +104,11 @@ def _make_custom_vjps():
   return ntm_address_vjp, write_vjp
 
 
-ntm_address_vjp = write_vjp = None
-
-
+@functools.cache
 def custom_vjps():
   """``(ntm_address_vjp, write_vjp)``: same signatures and values as
   :func:`memjax.addressing.ntm_address` and :func:`memjax.memory.write`."""
-  global ntm_address_vjp, write_vjp
-  if ntm_address_vjp is None:
-    ntm_address_vjp, write_vjp = _make_custom_vjps()
-  return ntm_address_vjp, write_vjp
+  return _make_custom_vjps()
 
 
 @contextlib.contextmanager

@@ -63,12 +63,11 @@ def main(argv=None) -> dict:
   kw = dict(num_classes=n, num_support=om.NUM_SUPPORT, num_query=run_args.num_query, rotate=True)
   ex = sample_few_shot(jax.random.key(0), images, batch_size=1, **kw)
   params = model.init(jax.random.key(0), ex.support[0], ex.support_labels[0], ex.query[0])
-  ckpt = training._Checkpointer(args.workdir, keep=1)
-  if ckpt.latest_step() is None:
-    p.error(f"no checkpoint in {args.workdir}/checkpoints")
   opt = training.make_optimizer("adam", run_args.lr, clip=run_args.clip)
-  state = ckpt.restore(training.init_state(params, opt))
-  ckpt.close()
+  try:
+    state = training.load_checkpoint(args.workdir, training.init_state(params, opt))
+  except FileNotFoundError as e:
+    p.error(str(e))
 
   @jax.jit
   def stats(params, key):

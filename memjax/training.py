@@ -153,7 +153,7 @@ def replicate(tree, mesh: Mesh):
 class _Checkpointer:
   """Thin wrapper over orbax's CheckpointManager (atomic saves, keep last N)."""
 
-  def __init__(self, directory: str, keep: int):
+  def __init__(self, directory: str, keep: int | None):
     import orbax.checkpoint as ocp
     self._ocp = ocp
     self.directory = os.path.abspath(directory)
@@ -186,6 +186,18 @@ class _Checkpointer:
   def close(self):
     self.manager.wait_until_finished()
     self.manager.close()
+
+
+def load_checkpoint(workdir: str, like: TrainState) -> TrainState:
+  """The latest checkpoint :func:`fit` wrote in ``workdir``, restored into the
+  structure of ``like`` (e.g. ``init_state(params, optimizer)`` of the same model)."""
+  ckpt = _Checkpointer(workdir, keep=None)  # reads only: deletes nothing
+  try:
+    if ckpt.latest_step() is None:
+      raise FileNotFoundError(f"no checkpoint in {os.path.join(os.path.abspath(workdir), 'checkpoints')}")
+    return ckpt.restore(like)
+  finally:
+    ckpt.close()
 
 
 def _truncate_metrics(path: str, last_step: int):
