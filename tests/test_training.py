@@ -64,6 +64,21 @@ def test_resume_is_bitwise_identical(tmp_path):
   assert not np.array_equal(other.params["w"], full.params["w"])
 
 
+def test_load_checkpoint_reads_the_latest_and_deletes_nothing(tmp_path):
+  opt = training.make_optimizer("adam", 0.05)
+  like = training.init_state(PARAMS, opt)
+  with pytest.raises(FileNotFoundError, match="no checkpoint"):
+    training.load_checkpoint(str(tmp_path), like)
+  state, _ = training.fit(regression_loss, PARAMS, opt, num_steps=30, workdir=str(tmp_path),
+                          checkpoint_every=10, keep=3, progress=False)
+  before = sorted(os.listdir(tmp_path / "checkpoints"))
+  loaded = training.load_checkpoint(str(tmp_path), like)
+  assert int(loaded.step) == 30
+  for a, b in zip(jax.tree.leaves(state), jax.tree.leaves(loaded)):
+    np.testing.assert_array_equal(a, b)
+  assert sorted(os.listdir(tmp_path / "checkpoints")) == before
+
+
 def test_non_finite_loss_stops_with_step_and_keeps_last_good_checkpoint(tmp_path):
   def exploding(params, key):
     loss, m = regression_loss(params, key)
