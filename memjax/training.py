@@ -191,10 +191,13 @@ class _Checkpointer:
 def load_checkpoint(workdir: str, like: TrainState) -> TrainState:
   """The latest checkpoint :func:`fit` wrote in ``workdir``, restored into the
   structure of ``like`` (e.g. ``init_state(params, optimizer)`` of the same model)."""
+  missing = FileNotFoundError(f"no checkpoint in {os.path.join(os.path.abspath(workdir), 'checkpoints')}")
+  if not os.path.isdir(os.path.join(workdir, "checkpoints")):
+    raise missing  # before the manager, which would create the directory
   ckpt = _Checkpointer(workdir, keep=None)  # reads only: deletes nothing
   try:
     if ckpt.latest_step() is None:
-      raise FileNotFoundError(f"no checkpoint in {os.path.join(os.path.abspath(workdir), 'checkpoints')}")
+      raise missing
     return ckpt.restore(like)
   finally:
     ckpt.close()

@@ -69,6 +69,10 @@ def test_load_checkpoint_reads_the_latest_and_deletes_nothing(tmp_path):
   like = training.init_state(PARAMS, opt)
   with pytest.raises(FileNotFoundError, match="no checkpoint"):
     training.load_checkpoint(str(tmp_path), like)
+  assert not (tmp_path / "checkpoints").exists()  # reading creates nothing
+  (tmp_path / "checkpoints").mkdir()
+  with pytest.raises(FileNotFoundError, match="no checkpoint"):
+    training.load_checkpoint(str(tmp_path), like)
   state, _ = training.fit(regression_loss, PARAMS, opt, num_steps=30, workdir=str(tmp_path),
                           checkpoint_every=10, keep=3, progress=False)
   before = sorted(os.listdir(tmp_path / "checkpoints"))
