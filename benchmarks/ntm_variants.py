@@ -165,9 +165,10 @@ def _run(step, state, n: int):
 
 def compare(batch: int, variants, *, rounds: int, run_s: float, max_length: int, memory_size: int) -> list[dict]:
   built = {v: build(v, batch, max_length=max_length, memory_size=memory_size) for v in variants}
-  states = {v: b[1] for v, b in built.items()}
-  per_step, states[variants[0]] = _run(built[variants[0]][0], states[variants[0]], 2)
-  n = max(2, int(run_s / max(per_step, 1e-6)))
+  states, warm = {}, {}
+  for v, (step, state, _, _) in built.items():  # warm-up: two steps each, untimed
+    warm[v], states[v] = _run(step, state, 2)
+  n = max(2, int(run_s / max(warm[variants[0]], 1e-6)))
   times = {v: [] for v in variants}
   for _ in range(rounds):
     for v in variants:
