@@ -37,10 +37,11 @@ import numpy as np
 
 from memjax import training
 from memjax import cli
-from memjax.cli import non_negative_int, positive_float, positive_int, unit_float, write_json
+from memjax.cli import (non_negative_float, non_negative_int, positive_float, positive_int, unit_float,
+                        write_json)
 from memjax.data import episodes as episodes_lib
 from memjax.data import omniglot
-from memjax.mann import LSTMCell, MANNCell, mann_loss, per_instance_counts
+from memjax.mann import WRITE_MODES, LSTMCell, MANNCell, mann_loss, per_instance_counts, unroll
 
 INSTANCES = (1, 2, 3, 4, 5, 10)
 INSTANCE_NAMES = {1: "1st", 2: "2nd", 3: "3rd", 4: "4th", 5: "5th", 10: "10th"}
@@ -90,6 +91,14 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--read-heads", type=positive_int, default=4)
   p.add_argument("--controller-features", type=positive_int, default=200)
   p.add_argument("--usage-decay", type=unit_float, default=0.95)
+  p.add_argument("--write", choices=list(WRITE_MODES), default="add",
+                 help="what each LRUA head writes: 'add' a separate add vector a_t (snowkylin/ntm, "
+                      "tristandeleu/ntm-one-shot), 'key' the read key (paper-literal)")
+  p.add_argument("--max-shift", type=non_negative_int, default=0,
+                 help="training-time jitter: translate each image by up to this many pixels")
+  p.add_argument("--max-rotation", type=non_negative_float, default=0.0,
+                 help="training-time jitter: rotate each image by up to ± this many degrees "
+                      "(snowkylin/ntm: 11.25); test episodes are never jittered")
   p.add_argument("--image-size", type=positive_int, default=20)
   p.add_argument("--checkpoint-every", type=positive_int, default=500)
   p.add_argument("--log-every", type=positive_int, default=50)
@@ -106,7 +115,7 @@ def build_model(args, features: int) -> tuple[nn.RNN, nn.RNNCellBase]:
   if args.model == "mann":
     cell = MANNCell(features=features, memory_size=args.memory_size, word_size=args.word_size,
                     num_read_heads=args.read_heads, controller_features=args.controller_features,
-                    usage_decay=args.usage_decay)
+                    usage_decay=args.usage_decay, write=args.write)
   else:
     cell = LSTMCell(features=features, controller_features=args.controller_features)
   return nn.RNN(cell), cell
@@ -134,6 +143,8 @@ def main(argv=None) -> dict:
     parser.error(f"--num-classes ({n}) must be at most 3125 for distinct string labels")
   if args.model == "mann" and args.read_heads > args.memory_size:
     parser.error(f"--read-heads ({args.read_heads}) must be at most --memory-size ({args.memory_size})")
+  if args.max_rotation > 180:
+    parser.error(f"--max-rotation ({args.max_rotation}) must be at most 180 degrees")
   if args.samples_per_class > omniglot.NUM_DRAWERS:
     parser.error(f"--samples-per-class ({args.samples_per_class}) must be at most the "
                  f"{omniglot.NUM_DRAWERS} drawers per character")
@@ -146,7 +157,7 @@ def main(argv=None) -> dict:
       old = json.load(f)
     keys = ("model", "label_mode", "num_classes", "samples_per_class", "batch_size", "optimizer", "lr",
             "seed", "memory_size", "word_size", "read_heads", "controller_features", "usage_decay",
-            "image_size", "train_split")
+            "write", "max_shift", "max_rotation", "image_size", "train_split")
     changed = {k for k in keys if old.get(k) != config.get(k)}
     if changed:
       parser.error(f"--resume with a different configuration than {config_path}: {sorted(changed)}")
@@ -161,7 +172,10 @@ def main(argv=None) -> dict:
   sample_kw = dict(num_classes=n, samples_per_class=args.samples_per_class,
                    label_mode=args.label_mode, rotate=True)
   features = episodes_lib.label_dim(n, args.label_mode)
-  model, _ = build_model(args, features)
+  model, cell = build_model(args, features)
+  # The MANN trains and evaluates through memjax.mann.unroll: nn.RNN(cell)'s logits, faster.
+  apply = (lambda p, x: unroll(cell, p, x)) if args.model == "mann" else model.apply
+  jitter = dict(max_shift=args.max_shift, max_rotation=args.max_rotation)
   instances = tuple(k for k in INSTANCES if k <= args.samples_per_class)
   names = [INSTANCE_NAMES[k] for k in instances]
   steps_per_episode = n * args.samples_per_class
@@ -169,9 +183,10 @@ def main(argv=None) -> dict:
   params = jax.jit(model.init)(jax.random.key(args.seed), example)
 
   def loss_fn(p, key):
-    ep = episodes_lib.sample_mann_episodes(key, train_images, batch_size=args.batch_size, **sample_kw)
+    ep = episodes_lib.sample_mann_episodes(key, train_images, batch_size=args.batch_size, **sample_kw,
+                                           **jitter)
     ep = training.shard_batch(ep)  # split over devices when fit runs under a mesh
-    logits = model.apply(p, ep.inputs)
+    logits = apply(p, ep.inputs)
     correct, total = per_instance_counts(logits, ep.targets, ep.instance, args.label_mode, instances)
     acc = correct / jnp.maximum(total, 1.0)
     return mann_loss(logits, ep.targets, args.label_mode), {
@@ -186,7 +201,7 @@ def main(argv=None) -> dict:
   def eval_chunk(p, chunk):
     ep = episodes_lib.sample_mann_episodes(jax.random.fold_in(eval_key, chunk), test_images,
                                            batch_size=eval_batch, **sample_kw)
-    logits = model.apply(p, ep.inputs)
+    logits = apply(p, ep.inputs)
     correct, total = per_instance_counts(logits, ep.targets, ep.instance, args.label_mode, instances)
     return correct, total, mann_loss(logits, ep.targets, args.label_mode)
 

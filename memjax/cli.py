@@ -35,6 +35,10 @@ def positive_float(text) -> float:
   return _number(text, float, "a positive number", lambda v: v > 0 and math.isfinite(v))
 
 
+def non_negative_float(text) -> float:
+  return _number(text, float, "a non-negative number", lambda v: v >= 0 and math.isfinite(v))
+
+
 def unit_float(text) -> float:
   return _number(text, float, "a number in [0, 1]", lambda v: 0 <= v <= 1)
 

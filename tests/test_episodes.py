@@ -287,3 +287,31 @@ def test_on_omniglot_small1(omniglot_dir, tmp_path):
   e = ep.sample_mann_episodes(jax.random.key(0), images, batch_size=4, label_mode="string")
   assert e.inputs.shape == (4, 50, 400 + 25)
   assert 0.0 < float(e.inputs[..., :400].mean()) < 0.5
+
+
+def test_small_rotation_is_a_rotation_about_the_centre():
+  img = np.zeros((7, 7), np.float32)
+  img[1, 2:6] = 1.0  # an asymmetric L-shape
+  img[1:4, 5] = 1.0
+  x = jnp.asarray(np.stack([img, img, img]))
+  out = np.asarray(ep._rotate_small(jnp.asarray([0.0, np.pi / 2, -np.pi / 2]), x))
+  np.testing.assert_allclose(out[0], img, atol=1e-6)
+  # ±90° about the centre of a square image moves pixels exactly onto pixels.
+  matches = [np.allclose(out[1], np.rot90(img, k), atol=1e-5) for k in (1, 3)]
+  assert sum(matches) == 1
+  np.testing.assert_allclose(out[2], np.rot90(img, 1 if matches[1] else 3), atol=1e-5)
+
+
+def test_mann_rotation_augmentation():
+  images = jnp.zeros((C, K, H, H), jnp.float32).at[:, :, 2:H - 2, 2:H - 2].set(1.0)
+  kw = dict(batch_size=4, num_classes=N, samples_per_class=S, rotate=False)
+  plain = ep.sample_mann_episodes(jax.random.key(3), images, **kw)
+  jit = ep.sample_mann_episodes(jax.random.key(3), images, max_rotation=20.0, **kw)
+  x = np.asarray(jit.inputs[..., :HW]).reshape(-1, H, H)
+  assert np.all((x >= -1e-6) & (x <= 1 + 1e-6))
+  assert np.mean((x > 1e-3) & (x < 1 - 1e-3)) > 0.01  # interpolated edges: rotated
+  # Rotation keeps the square inside the frame: its area is kept (bilinear, ±a few %).
+  np.testing.assert_allclose(x.sum((1, 2)), (H - 4) ** 2, rtol=0.08)
+  assert jit.inputs.shape == plain.inputs.shape and jit.targets.shape == plain.targets.shape
+  with pytest.raises(ValueError, match="max_rotation"):
+    ep.sample_mann_episodes(jax.random.key(3), images, max_rotation=-1.0, **kw)

@@ -15,7 +15,7 @@ import pytest
 
 from memjax.data import episodes as episodes_lib
 from memjax.mann import (LSTMCell, MANNCell, MANNState, mann_loss, per_instance_accuracy,
-                         per_instance_counts, trajectory)
+                         per_instance_counts, trajectory, unroll)
 
 SMALL = dict(features=2, memory_size=16, word_size=8, num_read_heads=2, controller_features=32)
 IN = 8 * 8 + 2  # input features: an 8×8 image and a 2-way one-hot label
@@ -28,10 +28,11 @@ def _np_softmax(z):
   return e / e.sum(-1, keepdims=True)
 
 
-def _np_lrua_step(memory, usage, read_w_prev, keys, alpha, decay):
+def _np_lrua_step(memory, usage, read_w_prev, keys, adds, alpha, decay):
   """The paper's equations (§3), in float64 numpy, for one example.
 
-  memory [N, M], usage [N], read_w_prev [R, N], keys [R, M], alpha [R].
+  memory [N, M], usage [N], read_w_prev [R, N], keys [R, M] (read), adds [R, M]
+  (written: a_t, or the keys for the paper-literal form), alpha [R].
   """
   n = memory.shape[0]
   r = read_w_prev.shape[0]
@@ -42,7 +43,7 @@ def _np_lrua_step(memory, usage, read_w_prev, keys, alpha, decay):
   w_w = g[:, None] * read_w_prev + (1.0 - g[:, None]) * w_lu[None]  # [R, N]
   m = memory.copy()
   m[order[0]] = 0.0  # the least-used slot is zeroed before writing
-  m = m + w_w.T @ keys  # M_t(i) = M_{t-1}(i) + Σ_h w^w_h(i) k_h
+  m = m + w_w.T @ adds  # M_t(i) = M_{t-1}(i) + Σ_h w^w_h(i) a_h
   cos = (keys @ m.T) / (np.linalg.norm(keys, axis=1)[:, None] * np.linalg.norm(m, axis=1)[None])
   w_r = _np_softmax(cos)  # [R, N], read after write
   reads = w_r @ m  # [R, M]
@@ -58,8 +59,9 @@ def small_params():
   return jax.jit(cell.init)(jax.random.key(1), carry, jnp.zeros((IN,)))["params"]
 
 
-def test_single_step_matches_numpy_paper_equations(small_params):
-  cell = MANNCell(**SMALL, usage_decay=0.9)
+@pytest.mark.parametrize("write", ["add", "key"])
+def test_single_step_matches_numpy_paper_equations(small_params, write):
+  cell = MANNCell(**SMALL, usage_decay=0.9, write=write)
   n, m, r = 16, 8, 2
   rng = np.random.default_rng(0)
   x = jnp.asarray(rng.normal(size=(IN,)), jnp.float32)
@@ -77,15 +79,16 @@ def test_single_step_matches_numpy_paper_equations(small_params):
     ctrl_in = jnp.concatenate([x, carry.reads.reshape(-1)])
     (_, h), _ = nn.OptimizedLSTMCell(32).apply({"params": p["controller"]}, carry.controller, ctrl_in)
   h = np.asarray(h, np.float64)
-  heads = (h @ np.asarray(p["heads"]["kernel"]) + np.asarray(p["heads"]["bias"])).reshape(r, m + 1)
-  keys, alpha = np.tanh(heads[:, :m]), heads[:, m]
+  dense = lambda name: h @ np.asarray(p[name]["kernel"]) + np.asarray(p[name]["bias"])
+  keys, alpha = np.tanh(dense("key")).reshape(r, m), dense("gate")
+  adds = np.tanh(dense("add")).reshape(r, m) if write == "add" else keys
   mem, use, w_r, w_w, reads = _np_lrua_step(np.asarray(carry.memory, np.float64), usage, read_w_prev,
-                                            keys, alpha, 0.9)
+                                            keys, adds, alpha, 0.9)
   tol = dict(rtol=1e-4, atol=1e-5)
   np.testing.assert_allclose(new.write_weights, w_w, **tol)
   np.testing.assert_allclose(new.memory, mem, **tol)
   j = np.argmin(usage)  # the cleared slot holds only this step's writes
-  np.testing.assert_allclose(new.memory[j], w_w[:, j] @ keys, **tol)
+  np.testing.assert_allclose(new.memory[j], w_w[:, j] @ adds, **tol)
   np.testing.assert_allclose(new.read_weights, w_r, **tol)
   np.testing.assert_allclose(new.reads, reads, **tol)
   np.testing.assert_allclose(new.usage, use, **tol)
@@ -137,6 +140,31 @@ def test_rnn_shapes_jit_and_finite_gradients(small_params):
   np.testing.assert_allclose(states.read_weights.sum(-1), 1.0, rtol=1e-5)
   np.testing.assert_array_equal(states.step[0], np.arange(1, 51))
   assert np.all(np.isfinite(states.memory)) and np.all(states.usage > 0)
+
+
+@pytest.mark.parametrize("write", ["add", "key"])
+def test_unroll_equals_nn_rnn_values_and_gradients(small_params, write):
+  """memjax.mann.unroll (hoisted input projection and output layer) == nn.RNN(cell)."""
+  cell = MANNCell(**SMALL, write=write)
+  model = nn.RNN(cell)
+  x = jax.random.normal(jax.random.key(4), (2, 3, 20, IN))  # two batch axes
+  targets = jax.random.randint(jax.random.key(5), (2, 3, 20), 0, 2)
+  variables = model.init(jax.random.key(6), x)
+  with jax.default_matmul_precision("highest"):
+    want, want_g = jax.jit(jax.value_and_grad(lambda v: mann_loss(model.apply(v, x), targets)))(variables)
+    got, got_g = jax.jit(jax.value_and_grad(lambda v: mann_loss(unroll(cell, v, x), targets)))(variables)
+    np.testing.assert_allclose(unroll(cell, variables, x), model.apply(variables, x), rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(got, want, rtol=1e-6)
+  for g1, g2 in zip(jax.tree.leaves(got_g), jax.tree.leaves(want_g)):
+    np.testing.assert_allclose(g1, g2, rtol=1e-4, atol=1e-6)
+  assert ("add" in variables["params"]["cell"]) == (write == "add")
+  with pytest.raises(ValueError, match="inputs"):
+    unroll(cell, variables, x[..., :-1])
+
+
+def test_write_mode_is_checked():
+  with pytest.raises(ValueError, match="write"):
+    MANNCell(features=3, write="erase").initialize_carry(jax.random.key(0), (4,))
 
 
 def test_lstm_baseline_cell():

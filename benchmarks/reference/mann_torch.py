@@ -2,8 +2,8 @@
 
 Santoro, Bartunov, Botvinick, Wierstra & Lillicrap 2016, *Meta-Learning with
 Memory-Augmented Neural Networks* (ICML), §3, in eager PyTorch, no
-``torch.compile``: an ``nn.LSTMCell`` controller, one linear map from the
-controller output to every head's key and write gate, and a Python loop over
+``torch.compile``: an ``nn.LSTMCell`` controller, linear maps from the
+controller output to every head's key, add vector and write gate, and a Python loop over
 the time steps of an episode that calls the cell once per step. The equations
 and the configuration are those of memjax's ``memjax.mann.MANNCell`` and
 ``mann_loss`` (one-hot labels), so the two train steps do the same work and
@@ -13,14 +13,14 @@ C controller units, I inputs.
 One step, for x_t [B, I] and the previous state:
 
 1. controller: (h_t, c_t) = LSTM([x_t, r_{1..R,t−1}], (h_{t−1}, c_{t−1})), h_t [B, C];
-2. per head: key k_{h,t} = tanh(W_k h_t + b_k) ∈ [−1, 1]^M and write-gate
-   logit α_h = W_α h_t + b_α (one linear map [C → R(M + 1)]);
+2. per head: key k_{h,t} = tanh(W_k h_t + b_k) ∈ [−1, 1]^M, add vector
+   a_{h,t} = tanh(W_a h_t + b_a) and write-gate logit α_h = W_α h_t + b_α;
 3. least-used weights from the previous usage, n = R:
    w^lu_{t−1}(i) = 1 if w^u_{t−1}(i) is among the R smallest, else 0
    (ties to the lower index: a stable sort);
 4. write weights: w^w_{h,t} = σ(α_h) w^r_{h,t−1} + (1 − σ(α_h)) w^lu_{t−1};
 5. LRUA write: the single least-used slot (n = 1) of w^u_{t−1} is set to
-   zero, then M_t = M_{t−1} + Σ_h w^w_{h,t} k_{h,t}ᵀ;
+   zero, then M_t = M_{t−1} + Σ_h w^w_{h,t} a_{h,t}ᵀ;
 6. content-only reads from M_t: w^r_{h,t}(i) = softmax_i(K(k_{h,t}, M_t(i))),
    K(u, v) = u·v / (‖u‖ ‖v‖), ‖x‖ = sqrt(Σ x² + 1e-8); r_{h,t} = Σ_i w^r_{h,t}(i) M_t(i);
 7. usage: w^u_t = γ w^u_{t−1} + Σ_h w^r_{h,t} + Σ_h w^w_{h,t}, γ = 0.95;
@@ -35,7 +35,7 @@ uniform in 0..4, input x_t = [image_t, onehot(y_{t−1})] with a zero label at
 t = 0), softmax cross-entropy averaged over every step of every episode, every
 gradient component clipped to ±10, Adam 1e-3.
 
-Parameter count: the same shapes as memjax (LSTM 200, heads 200 → 4·41, output
+Parameter count: the same shapes as memjax (LSTM 200, heads 200 → 4·40 + 4·40 + 4, output
 360 → 5) except that ``nn.LSTMCell`` has two bias vectors (b_ih and b_hh), so
 the reference has 4·C more parameters (+800 at C = 200). Initialisation is
 PyTorch's default (it does not change the work done).
@@ -59,7 +59,7 @@ MEMORY_INIT_CONSTANT = 1e-6
 
 
 class MANN(nn.Module):
-  """MANN with an LSTM controller and R LRUA heads (each reads and writes its key).
+  """MANN with an LSTM controller and R LRUA heads (each reads with a key k and writes an add vector a).
 
   Args:
     num_inputs: I, the input width (400 pixels + 5 label bits for Omniglot).
@@ -79,7 +79,9 @@ class MANN(nn.Module):
     self.n, self.m, self.r, self.c = memory_size, word_size, read_heads, controller_size
     self.gamma = usage_decay
     self.controller = nn.LSTMCell(num_inputs + read_heads * word_size, controller_size)
-    self.heads = nn.Linear(controller_size, read_heads * (word_size + 1))  # [keys M, α] per head
+    self.key = nn.Linear(controller_size, read_heads * word_size)   # k per head
+    self.add = nn.Linear(controller_size, read_heads * word_size)   # a per head
+    self.gate = nn.Linear(controller_size, read_heads)              # α per head
     self.out = nn.Linear(controller_size + read_heads * word_size, num_classes)
 
   def init_state(self, batch_size: int):
@@ -97,10 +99,10 @@ class MANN(nn.Module):
     b, m, r = x.shape[0], self.m, self.r
     # 1. Controller on [x_t, r_{t−1}].
     h, c = self.controller(torch.cat([x, reads.reshape(b, r * m)], dim=1), (h, c))
-    # 2. Keys and write gates.
-    o = self.heads(h).view(b, r, m + 1)
-    keys = torch.tanh(o[..., :m])                      # [B, R, M]
-    alpha = o[..., m]                                  # [B, R]
+    # 2. Keys, add vectors and write gates.
+    keys = torch.tanh(self.key(h)).view(b, r, m)       # [B, R, M]
+    adds = torch.tanh(self.add(h)).view(b, r, m)       # [B, R, M]
+    alpha = self.gate(h)                               # [B, R]
     # 3. Least-used slots of w^u_{t−1} (no gradient through the indices).
     order = torch.argsort(usage, dim=1, stable=True)   # [B, N], least used first
     w_lu = torch.zeros_like(usage).scatter_(1, order[:, :r], 1.0)      # n = R
@@ -108,8 +110,8 @@ class MANN(nn.Module):
     # 4. Write weights.
     g = torch.sigmoid(alpha).unsqueeze(2)              # [B, R, 1]
     w_write = g * w_read + (1.0 - g) * w_lu.unsqueeze(1)  # [B, R, N]
-    # 5. Clear the least-used slot, then add every head's key.
-    memory = memory * (1.0 - clear).unsqueeze(2) + torch.bmm(w_write.transpose(1, 2), keys)  # [B, N, M]
+    # 5. Clear the least-used slot, then add every head's add vector.
+    memory = memory * (1.0 - clear).unsqueeze(2) + torch.bmm(w_write.transpose(1, 2), adds)  # [B, N, M]
     # 6. Content-only reads from M_t (cosine similarity, no key strength).
     dot = torch.bmm(keys, memory.transpose(1, 2))      # [B, R, N]
     norms = torch.sqrt((keys * keys).sum(2, keepdim=True) + EPS) * \
@@ -189,8 +191,9 @@ def load_flax_params(model: MANN, params) -> None:
     model.controller.weight_hh.copy_(torch.cat([t(ctrl[f"h{g}"]["kernel"]).T for g in "ifgo"]))
     model.controller.bias_ih.zero_()
     model.controller.bias_hh.copy_(torch.cat([t(ctrl[f"h{g}"]["bias"]) for g in "ifgo"]))
-    model.heads.weight.copy_(t(params["heads"]["kernel"]).T)
-    model.heads.bias.copy_(t(params["heads"]["bias"]))
+    for name in ("key", "add", "gate"):
+      getattr(model, name).weight.copy_(t(params[name]["kernel"]).T)
+      getattr(model, name).bias.copy_(t(params[name]["bias"]))
     model.out.weight.copy_(t(params["output"]["kernel"]).T)
     model.out.bias.copy_(t(params["output"]["bias"]))
 
