@@ -300,3 +300,28 @@ def test_ntm_variants_quick(tmp_path):
   assert (tmp_path / "ntm_variants.md").exists()
   with pytest.raises(SystemExit):
     ntm_variants.main(["--quick", "--variants", "custom_vjp", "--out", str(tmp_path)])
+
+
+def test_time_to_accuracy_first_evaluation_at_or_above_the_paper(tmp_path):
+  from benchmarks import time_to_accuracy as tta
+  names = tta.INSTANCE_NAMES
+  rec = lambda step, secs, accs: {"step": step, "train_seconds": secs,
+                                  **{f"eval_acc_{n}": a for n, a in zip(names, accs)}}
+  records = [{"step": 50, "loss": 1.0},  # a training line without evaluation is ignored
+             rec(100, 60.0, [0.30, 0.50, 0.6, 0.6, 0.6, 0.6]),
+             rec(200, 120.0, [0.40, 0.90, 0.6, 0.6, 0.6, 0.99]),
+             rec(300, 180.0, [0.20, 0.95, 0.95, 0.6, 0.6, 0.99])]
+  out = tta.time_to_accuracy(records, [36.4, 82.8, 91.0, 92.6, 94.9, 98.1], batch_size=16)
+  assert out["reached"]["1st"]["minutes"] == 2.0 and out["reached"]["1st"]["episodes"] == 3200
+  assert out["reached"]["2nd"]["minutes"] == 2.0 and out["reached"]["3rd"]["minutes"] == 3.0
+  assert out["reached"]["4th"] is None and out["all_reached_minutes"] is None
+  assert out["last"]["episodes"] == 4800
+  # The CLI on a run folder: config + metrics in, JSON out; a missing folder is a usage error.
+  (tmp_path / "config.json").write_text(json.dumps(
+      {"model": "mann", "label_mode": "onehot", "num_classes": 5, "batch_size": 16}))
+  (tmp_path / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in records))
+  assert tta.main(["--workdir", str(tmp_path)])["reached"]["10th"]["episodes"] == 3200
+  assert (tmp_path / "time_to_accuracy.json").exists()
+  with pytest.raises(SystemExit) as e:
+    tta.main(["--workdir", str(tmp_path / "missing")])
+  assert e.value.code == 2
