@@ -26,10 +26,9 @@ import time
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import numpy as np
 
-from memjax import tasks, training
+from memjax import evaluation, tasks, training
 from memjax import cli
 from memjax.cli import int_list, positive_float, positive_int, write_json
 from memjax.ntm import NTMCell, trajectory
@@ -99,6 +98,17 @@ def task_config(args):
   return bits, train, gen_lengths, gen
 
 
+def build_model(args) -> tuple[nn.RNN, NTMCell]:
+  """``(nn.RNN(cell), cell)``: the NTM of the flags (also used by ``memjax.pretrained.export``)."""
+  out_ch = tasks.TASKS[args.task][2]
+  bits = task_config(args)[0]
+  cell = NTMCell(features=out_ch(bits), memory_size=args.memory_size, word_size=args.word_size,
+                 controller=args.controller, controller_features=args.controller_features,
+                 num_read_heads=args.read_heads, num_write_heads=args.write_heads,
+                 shift_range=args.shift_range, memory_init=args.memory_init)
+  return nn.RNN(cell), cell
+
+
 def main(argv=None) -> dict:
   parser = build_parser()
   args = parser.parse_args(argv)
@@ -106,11 +116,7 @@ def main(argv=None) -> dict:
     parser.error(f"--memory-size ({args.memory_size}) must be at least 2*--shift-range+1")
   sampler, in_ch, out_ch = tasks.TASKS[args.task]
   bits, train_kw, gen_lengths, gen_kw = task_config(args)
-  cell = NTMCell(features=out_ch(bits), memory_size=args.memory_size, word_size=args.word_size,
-                 controller=args.controller, controller_features=args.controller_features,
-                 num_read_heads=args.read_heads, num_write_heads=args.write_heads,
-                 shift_range=args.shift_range, memory_init=args.memory_init)
-  model = nn.RNN(cell)
+  model, cell = build_model(args)
   os.makedirs(args.workdir, exist_ok=True)
   config = {k: v for k, v in vars(args).items() if k not in ("resume", "no_progress", "no_plots")}
   config_path = os.path.join(args.workdir, "config.json")
@@ -132,13 +138,11 @@ def main(argv=None) -> dict:
     batch = training.shard_batch(sample(key, args.batch_size))
     return tasks.sequence_loss(model.apply(p, batch.inputs), batch)
 
-  eval_key = jax.random.key(2**31 - 1)  # never a training key: those are fold_in(key(seed), step)
+  eval_key = jax.random.key(evaluation.EVAL_KEY)  # never a training key: those are fold_in(key(seed), step)
 
   @jax.jit
   def evaluate(p):
-    batch = sample(eval_key, args.eval_sequences)
-    _, metrics = tasks.sequence_loss(model.apply(p, batch.inputs), batch)
-    return metrics
+    return evaluation.sequence_metrics(model.apply, p, sample, args.eval_sequences, eval_key)
 
   def eval_fn(p, step):
     m = evaluate(p)
@@ -166,19 +170,8 @@ def main(argv=None) -> dict:
   params = state.params
 
   # Generalisation: fixed lengths, fresh sequences.
-  generalisation = {}
-  for L in gen_lengths:
-    kw = gen_kw(L)
-    n_chunks, per = (4, args.eval_sequences // 4) if args.eval_sequences >= 4 else (1, args.eval_sequences)
-    errs, scored = 0.0, 0.0
-    for c in range(n_chunks):
-      batch = sampler(jax.random.fold_in(eval_key, 1000 * L + c), per, **kw)
-      logits = jax.jit(model.apply)(params, batch.inputs)
-      wrong = ((logits > 0) != (batch.targets > 0.5)) * batch.mask[..., None]
-      errs += float(jnp.sum(wrong))
-      scored += float(jnp.sum(batch.mask)) * batch.targets.shape[-1]
-    generalisation[str(L)] = {"bit_error_rate": errs / scored,
-                              "bit_errors_per_sequence": errs / (n_chunks * per)}
+  generalisation = evaluation.copy_generalisation(model.apply, params, sampler, gen_kw, gen_lengths,
+                                                  args.eval_sequences, eval_key)
 
   final_eval = {k: float(v) for k, v in evaluate(params).items()}
   results = {
