@@ -177,7 +177,7 @@ def episode_metrics(model, params, episodes) -> tuple[jax.Array, jax.Array, jax.
 
 
 def few_shot_evaluator(model, images: jax.Array, *, num_classes: int, num_query: int,
-                       num_support: int = 1, chunk: int = 4, rotate: bool = True):
+                       num_support: int = 1, chunk: int = 4, rotate: bool = False):
   """``evaluate(params, num_episodes, key, progress=False) -> [E] accuracies`` over test episodes.
 
   Episodes are drawn ``chunk`` at a time from ``fold_in(key, i)`` (one
@@ -190,7 +190,8 @@ def few_shot_evaluator(model, images: jax.Array, *, num_classes: int, num_query:
     num_query: queries per class.
     num_support: support examples per class (1-shot).
     chunk: episodes per compiled call.
-    rotate: rotate each class by a random multiple of 90° (as the experiment).
+    rotate: rotate each class by a random multiple of 90°; test episodes are
+      not rotated (the paper and the authors' test generator; training episodes are).
   """
   from memjax.data import sample_few_shot
 
