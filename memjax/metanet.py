@@ -52,26 +52,44 @@ the authors' Omniglot model — 28×28×1 inputs, 5 conv blocks of 64 3×3 filte
 ReLU and 2×2 max-pooling, then FC 64 and FC N, no biases — with fast weights on
 *all* layers of both nets, as the authors' "MetaNetFull"):
 
-* Embedding loss (``embedding_loss``). ``'contrastive'`` (default) follows the
-  paper's representation loss on pairs of support examples,
-  L_i = loss_emb(u(Q, x'_{1,i}), u(Q, x'_{2,i}), l_i) with l_i = 1 for a
-  same-class pair: the pairs are (x'_i, x'_{(i+1) mod S}) of the (shuffled)
-  support set, and loss_emb is binary cross-entropy on s · cos(r_1, r_2),
-  s = ``contrastive_scale`` — a non-saturating contrastive loss whose gradient
-  never vanishes, so the meta information never collapses to zeros. (In
-  1-shot episodes every pair is a negative pair.) ``'cross_entropy'`` is the
-  authors' Chainer code: softmax cross-entropy of an FC-N head on u(Q, x'_i).
+* Representation loss (``embedding_loss``). ``'auto'`` (default) is the
+  paper's choice (§3.1) and the authors' code: when the support set has one
+  example per class (S = N, 1-shot) it is ``'cross_entropy'``, the softmax
+  cross-entropy of the embedding net's own FC-N classifier head on
+  ReLU(u(Q, x'_i)); otherwise ``'contrastive'``. ``'contrastive'`` is the
+  paper's pair loss L_i = loss_emb(u(Q, x'_{1,i}), u(Q, x'_{2,i}), l_i),
+  l_i = 1 for a same-class pair: the pairs are (x'_i, x'_{(i+1) mod S}) of the
+  (shuffled) support set, and loss_emb is binary cross-entropy on
+  s · cos(r_1, r_2), s = ``contrastive_scale`` (in 1-shot episodes every pair
+  is a negative pair).
 * Chunks. The support pairs (or examples) are split into T = ``num_chunks``
   consecutive chunks (T = 5 as in the authors' code, at most S); ∇_t is the
   gradient of the chunk's mean loss; d runs over ∇_1..∇_T and Q* is its output
   at the last step.
-* Scale of the fast weights. m and d emit fast weights in units of each
-  layer's He-initialisation scale (W* = sqrt(2 / fan_in) · m(∇), or
-  sqrt(1 / fan_in) for the logits layer), and their output layers start small
-  (std 0.01), so that training starts near the slow network. The authors'
-  code emits raw values; with 576-input conv kernels, O(1) fast weights of
-  one sign would (by our estimate, not measured) multiply activations by
-  hundreds per layer at initialisation.
+* Scale of the fast weights. The fast weights are the meta learners' raw
+  outputs, W*_i = m(∇_i) and Q* = d(∇_1..∇_T), as in the authors' code (no
+  per-layer rescaling). The output layers of m and d that emit FC fast weights
+  start as Chainer's default ``Linear`` (LeCun normal, std 1/√20), as the
+  authors'; those that emit conv fast weights start small
+  (std ``_CONV_META_OUT_STD`` = 1e-3): a coordinate-wise net maps the many
+  near-zero gradient coordinates of a kernel to nearly the same value c, and a
+  3×3×64 kernel of constant c multiplies a non-negative input by ~576 c per
+  layer, so with Chainer's init the five blocks' activations explode at the
+  start of training (logits ×300 at initialisation, measured). At
+  initialisation the fast part of the logits then spreads over the classes
+  about as much as the slow part (tested), instead of ~1000× less.
+* N-way training, K-way testing (§4.2.1, Table 4; ``fast_only_output``). With
+  ``fast_only_output=True`` the base learner's softmax layer is parameterised
+  by fast weights only: logits = h W*_{fc2}, and any slow ``fc2`` weights in the
+  variables are ignored, so a model trained on N-way episodes is applied to
+  K-way episodes by building it with ``num_classes=K``. The meta information
+  of that layer is its support-loss gradient at its slow weights, which are
+  zero: ∇_i = h_i ⊗ (softmax(0) − e_{y'_i}) = h_i ⊗ (1/K − e_{y'_i}). Through a
+  zero layer the layers below would get zero gradients, so their meta
+  information is taken with the layer set to V = Σ_i h_i ⊗ (e_{y'_i} − 1/K)
+  (one gradient step from zero on the support set's summed loss, under
+  stop_gradient); the embedding net's cross-entropy head (used only by the
+  representation loss) is replaced by the same V of its own features.
 * ``fast_layers='fc'`` restricts fast weights to the FC layers of both nets.
   Measured on 2 shared CPU cores, one 5-way episode (50 queries) per update
   takes ~5–6 s with ``'all'`` and ~1.2 s with ``'fc'``; with ``'all'`` about
@@ -88,6 +106,8 @@ Example::
   model = MetaNet(num_classes=5)
   params = model.init(key, support, support_labels, query)
   logits = model.apply(params, support, support_labels, query)   # [Q, 5]
+  # the 5-way-trained variables on a 20-way episode (fast-only softmax layer)
+  MetaNet(num_classes=20, fast_only_output=True).apply(params, s20, l20, q20)  # [Q, 20]
   # a batch of episodes: vmap at the call site
   jax.vmap(model.apply, in_axes=(None, 0, 0, 0))(params, S, SL, QX)
 """
@@ -97,6 +117,7 @@ from __future__ import annotations
 import functools
 from typing import Any, NamedTuple, Sequence
 
+import flax.errors
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -118,6 +139,7 @@ __all__ = [
     "init_mlp",
     "lstm_apply",
     "mlp_apply",
+    "net_logit_parts",
     "net_logits",
     "net_shapes",
     "preprocess_gradients",
@@ -125,12 +147,17 @@ __all__ = [
 ]
 
 GRADIENT_PREPROCESS_K = 7.0
-EMBEDDING_LOSSES = ("contrastive", "cross_entropy")
+EMBEDDING_LOSSES = ("auto", "contrastive", "cross_entropy")
 FAST_LAYERS = ("all", "fc")
-# Std of the output layer of m and d at initialisation (in units of each layer's
-# He scale, see the module docstring): the fast branch starts as a small
-# perturbation of the slow network, yet its ReLUs are not all dead.
-_META_OUT_INIT_STD = 0.01
+# Std at initialisation of the output layer of the meta learners' 'conv' nets
+# (the FC nets' start as Chainer's default Linear, std 1/sqrt(fan_in), as the
+# authors'). The fast weights are the raw outputs (see the module docstring).
+# Measured on the default 5-way model at initialisation (Omniglot support set),
+# the spread of the slow part of the logits over the classes for this std
+# 0.1 / 0.01 / 1e-3 / 3e-4: 190 / 11.1 / 7.9 / 7.8 (the plain slow network:
+# 0.62; the remaining ×12 comes from the FC fast weights): from ~1e-3 down the
+# conv fast weights no longer blow the activations up.
+_CONV_META_OUT_STD = 1e-3
 
 Params = dict[str, jax.Array]
 
@@ -292,28 +319,47 @@ def conv_features(slow: Params, fast: Params | None, x: jax.Array) -> jax.Array:
 
 
 def _linear(h: jax.Array, slow: Params, fast: Params | None, name: str) -> tuple:
+  """(h W, h W*) of a linear layer; None for a missing slow or fast weight."""
   fw = _fast(fast, name)
   if isinstance(fw, MixedWeights):
     fw = fw.mix()
-  return h @ slow[name], (None if fw is None else h @ fw)
+  return (h @ slow[name] if name in slow else None), (None if fw is None else h @ fw)
+
+
+def net_logit_parts(slow: Params, fast: Params | None, x: jax.Array) -> tuple:
+  """The slow and the fast part of b's logits: (h W_2, h W*_2), either None if absent."""
+  h = _augmented(*_linear(conv_features(slow, fast, x), slow, fast, "fc1"))
+  return _linear(h, slow, fast, "fc2")
 
 
 def net_logits(slow: Params, fast: Params | None, x: jax.Array) -> jax.Array:
-  """The base learner b(W, W*, x) on one image (also u's FC-N head).
+  """The base learner b(W, W*, x) on one image.
 
   h = ReLU(f W_1) + ReLU(f W*_1);  logits = h W_2 + h W*_2,  f = conv_features.
+  Without a slow ``fc2`` (a softmax layer of fast weights only) logits = h W*_2.
 
   Args:
-    slow: slow weights with ``fc1`` and ``fc2``.
+    slow: slow weights with ``fc1`` (and ``fc2`` unless ``fast`` has it).
     fast: fast weights for any subset of the layers, or None.
     x: [H, W, C] image.
 
   Returns:
     [N] logits.
   """
-  h = _augmented(*_linear(conv_features(slow, fast, x), slow, fast, "fc1"))
-  s, f = _linear(h, slow, fast, "fc2")
-  return s if f is None else s + f
+  s, f = net_logit_parts(slow, fast, x)
+  if s is None and f is None:
+    raise ValueError("argument `slow`: expected an `fc2` layer in the slow or the fast weights")
+  return s if f is None else (f if s is None else s + f)
+
+
+def _hidden(slow: Params, x: jax.Array) -> jax.Array:
+  """ReLU(f W_1), the features entering b's softmax layer (slow weights only)."""
+  return jax.nn.relu(conv_features(slow, None, x) @ slow["fc1"])
+
+
+def _embedding_hidden(slow: Params, x: jax.Array) -> jax.Array:
+  """ReLU(u(Q, x)), the features entering the embedding net's classifier head."""
+  return jax.nn.relu(embed(slow, None, x))
 
 
 def embed(slow: Params, fast: Params | None, x: jax.Array) -> jax.Array:
@@ -350,12 +396,21 @@ def _cross_entropy(logits: jax.Array, label: jax.Array) -> jax.Array:
 # The coordinate-wise meta learners m (MLP) and d (LSTM).
 
 
-def init_mlp(key: jax.Array, sizes: Sequence[int] = (2, 20, 20, 1)) -> dict:
-  """LeCun-normal hidden layers, zero biases; a small output layer."""
+def init_mlp(key: jax.Array, sizes: Sequence[int] = (2, 20, 20, 1),
+             out_std: float | None = None) -> dict:
+  """LeCun-normal layers (Chainer's default ``Linear``), zero biases.
+
+  Args:
+    key: PRNG key.
+    sizes: layer widths, input first.
+    out_std: std of the output layer's weights (default LeCun, 1/√fan_in).
+  """
   keys = jax.random.split(key, len(sizes) - 1)
   params = {}
   for i, (k, n_in, n_out) in enumerate(zip(keys, sizes[:-1], sizes[1:])):
-    std = _META_OUT_INIT_STD if i == len(sizes) - 2 else 1.0 / np.sqrt(n_in)
+    std = 1.0 / np.sqrt(n_in)
+    if i == len(sizes) - 2 and out_std is not None:
+      std = out_std
     params[f"w{i}"] = std * jax.random.normal(k, (n_in, n_out), jnp.float32)
     params[f"b{i}"] = jnp.zeros((n_out,), jnp.float32)
   return params
@@ -371,14 +426,23 @@ def mlp_apply(params: dict, x: jax.Array) -> jax.Array:
   return x[..., 0]
 
 
-def init_lstm(key: jax.Array, hidden: int = 20, inputs: int = 2) -> dict:
-  """LSTM weights (gates i, f, g, o; forget bias 1) and a small linear read-out."""
+def init_lstm(key: jax.Array, hidden: int = 20, inputs: int = 2,
+              out_std: float | None = None) -> dict:
+  """LSTM weights (gates i, f, g, o; forget bias 1) and a linear read-out.
+
+  Args:
+    key: PRNG key.
+    hidden: LSTM units.
+    inputs: input features per coordinate (2 after preprocessing).
+    out_std: std of the read-out weights (default LeCun, 1/√hidden).
+  """
   k1, k2, k3 = jax.random.split(key, 3)
+  out_std = 1.0 / np.sqrt(hidden) if out_std is None else out_std
   return {
       "wx": jax.random.normal(k1, (inputs, 4 * hidden), jnp.float32) / np.sqrt(inputs),
       "wh": jax.random.normal(k2, (hidden, 4 * hidden), jnp.float32) / np.sqrt(hidden),
       "b": jnp.zeros((4 * hidden,), jnp.float32).at[hidden:2 * hidden].set(1.0),
-      "w_out": _META_OUT_INIT_STD * jax.random.normal(k3, (hidden, 1), jnp.float32),
+      "w_out": out_std * jax.random.normal(k3, (hidden, 1), jnp.float32),
       "b_out": jnp.zeros((1,), jnp.float32),
   }
 
@@ -423,19 +487,77 @@ def _layer_groups(names: Sequence[str], fast_layers: str) -> dict[str, list[str]
   return {g: sorted(v) for g, v in groups.items() if v}
 
 
+def _meta_out_std(group: str) -> float | None:
+  """Output-layer init std of a meta learner's net for ``group`` (None: LeCun)."""
+  return _CONV_META_OUT_STD if group == "conv" else None
+
+
 def _generate(nets: dict, grads: Params, groups: dict[str, list[str]], apply_fn) -> Params:
   """Fast weights for the layers of ``groups`` from one gradient pytree.
 
   For each group: ravel the group's gradients to [P] (with any leading axes
   handled by the caller), preprocess to [P, 2], apply the group's
-  coordinate-wise net, unravel, and scale each layer by its He scale.
+  coordinate-wise net and unravel: the fast weights are the net's raw outputs
+  (W* = m(∇), the authors' code).
   """
   fast = {}
   for group, names in groups.items():
     flat, unravel = ravel_pytree({n: grads[n] for n in names})
-    out = unravel(apply_fn(nets[group], preprocess_gradients(flat)))
-    fast.update({n: _he_scale(n, grads[n].shape) * out[n] for n in names})
+    fast.update(unravel(apply_fn(nets[group], preprocess_gradients(flat))))
   return fast
+
+
+def _imprinted_head(h: jax.Array, labels: jax.Array, num_classes: int) -> jax.Array:
+  """V = Σ_i h_i ⊗ (e_{y_i} − 1/K) = −Σ_i ∇_V CE(h_i V, y_i) at V = 0.
+
+  The stand-in for a softmax layer without slow weights when the support loss
+  of the layers below it is differentiated (see the module docstring).
+
+  Args:
+    h: [S, D] features entering the layer.
+    labels: int [S] labels in 0..K−1.
+    num_classes: K.
+
+  Returns:
+    [D, K] weights.
+  """
+  return h.T @ (jax.nn.one_hot(labels, num_classes, dtype=h.dtype) - 1.0 / num_classes)
+
+
+def _support_grads(params: Params, features, images: jax.Array, labels: jax.Array,
+                   num_classes: int, fast_only: bool) -> Params:
+  """Per-example gradients of the support loss CE(features(params, x'_i) · W_out, y'_i).
+
+  Args:
+    params: slow weights of the net, with its softmax layer ``fc2`` [D, K]
+      unless ``fast_only``.
+    features: ``(params, x) -> [D]`` the features entering ``fc2``.
+    images: [S, H, W, C] support images.
+    labels: int [S].
+    num_classes: K.
+    fast_only: the softmax layer has no slow weights (zero): its gradient is
+      taken at zero, h_i ⊗ (1/K − e_{y_i}), and the layers' below it with
+      W_out = :func:`_imprinted_head` (under stop_gradient).
+
+  Returns:
+    dict of [S, layer shape] gradients, ``fc2`` included.
+  """
+  if not fast_only:
+    def loss(p, x, y):
+      return _cross_entropy(features(p, x) @ p["fc2"], y)
+
+    return jax.vmap(jax.grad(loss), in_axes=(None, 0, 0))(params, images, labels)
+  lower = {n: v for n, v in params.items() if n != "fc2"}
+  h = jax.vmap(lambda x: features(lower, x))(images)  # [S, D]
+  head = jax.lax.stop_gradient(_imprinted_head(h, labels, num_classes))  # [D, K]
+
+  def loss_below(p, x, y):
+    return _cross_entropy(features(p, x) @ head, y)
+
+  grads = jax.vmap(jax.grad(loss_below), in_axes=(None, 0, 0))(lower, images, labels)
+  target = jax.nn.one_hot(labels, num_classes, dtype=h.dtype) - 1.0 / num_classes  # [S, K]
+  grads["fc2"] = -h[:, :, None] * target[:, None, :]  # [S, D, K], the gradient at W_out = 0
+  return grads
 
 
 def retrieve(keys: jax.Array, values: Any, query: jax.Array) -> tuple[jax.Array, Any]:
@@ -464,12 +586,14 @@ def _init_net_jit(key, shape_items):
 
 @functools.partial(jax.jit, static_argnums=(1, 2))
 def _init_mlps_jit(key, groups, sizes):
-  return {g: init_mlp(k, sizes) for g, k in zip(groups, jax.random.split(key, len(groups)))}
+  return {g: init_mlp(k, sizes, _meta_out_std(g))
+          for g, k in zip(groups, jax.random.split(key, len(groups)))}
 
 
 @functools.partial(jax.jit, static_argnums=(1, 2))
 def _init_lstms_jit(key, groups, hidden):
-  return {g: init_lstm(k, hidden) for g, k in zip(groups, jax.random.split(key, len(groups)))}
+  return {g: init_lstm(k, hidden, out_std=_meta_out_std(g))
+          for g, k in zip(groups, jax.random.split(key, len(groups)))}
 
 
 # ----------------------------------------------------------------------------
@@ -493,13 +617,21 @@ class MetaNet(nn.Module):
       representation (key) size.
     meta_hidden: hidden units of m (2→h→h→1) and of d's LSTM (20).
     num_chunks: T, support chunks that d runs over (5; at most S are used).
-    embedding_loss: ``'contrastive'`` (the paper's pairwise representation
-      loss) or ``'cross_entropy'`` (the authors' code); see the module docs.
+    embedding_loss: the representation loss: ``'auto'`` (``'cross_entropy'``
+      when S = N, one support example per class, as the paper's §3.1 and the
+      authors' code; else ``'contrastive'``), ``'cross_entropy'`` (the
+      embedding net's FC-N head) or ``'contrastive'`` (the pair loss); see the
+      module docs and :meth:`representation_loss`.
     contrastive_scale: s in the pair loss BCE(s · cos(r_1, r_2), l).
     fast_layers: ``'all'`` (every layer of both nets, the default) or ``'fc'``.
     use_task_fast_weights: generate Q* for the embedding net u.
     use_example_fast_weights: generate W*_i and retrieve them for the queries.
     second_order: differentiate through the meta information.
+    fast_only_output: the base learner's softmax layer has fast weights only
+      (no slow ``fc2``; slow ``fc2`` weights in the variables are ignored), and
+      the embedding net's head is replaced likewise, so that variables trained
+      on N-way episodes classify K-way ones with ``num_classes=K`` (§4.2.1,
+      Table 4); see the module docs.
   """
   num_classes: int
   image_shape: tuple[int, int, int] = (28, 28, 1)
@@ -508,12 +640,13 @@ class MetaNet(nn.Module):
   hidden: int = 64
   meta_hidden: int = 20
   num_chunks: int = 5
-  embedding_loss: str = "contrastive"
+  embedding_loss: str = "auto"
   contrastive_scale: float = 5.0
   fast_layers: str = "all"
   use_task_fast_weights: bool = True
   use_example_fast_weights: bool = True
   second_order: bool = False
+  fast_only_output: bool = False
 
   def setup(self):
     for name in ("num_classes", "filters", "num_blocks", "hidden", "meta_hidden", "num_chunks"):
@@ -532,22 +665,39 @@ class MetaNet(nn.Module):
     if self.fast_layers not in FAST_LAYERS:
       raise ValueError(f"argument `fast_layers`: expected one of {FAST_LAYERS}, got "
                        f"{self.fast_layers!r}")
+    if self.fast_only_output and not self.use_example_fast_weights:
+      raise ValueError("argument `fast_only_output`: a softmax layer of fast weights only needs "
+                       "use_example_fast_weights=True")
     base_shapes = net_shapes(shape, self.filters, self.num_blocks, self.hidden, self.num_classes)
-    self.base = self.param("base", lambda k: _init_net_jit(k, tuple(base_shapes.items())))
     self._groups_base = _layer_groups(list(base_shapes), self.fast_layers)
+    if self.fast_only_output:
+      del base_shapes["fc2"]
+    self.base = self._net_param("base", base_shapes)
     if self.use_example_fast_weights:
-      emb_out = self.num_classes if self.embedding_loss == "cross_entropy" else None
-      emb_shapes = net_shapes(shape, self.filters, self.num_blocks, self.hidden, emb_out)
-      self.embedding = self.param("embedding",
-                                  lambda k: _init_net_jit(k, tuple(emb_shapes.items())))
+      head = self.embedding_loss != "contrastive" and not self.fast_only_output
+      emb_shapes = net_shapes(shape, self.filters, self.num_blocks, self.hidden,
+                              self.num_classes if head else None)
+      self.embedding = self._net_param("embedding", emb_shapes)
       sizes = (2, self.meta_hidden, self.meta_hidden, 1)
       self.meta_example = self.param(
           "meta_example", lambda k: _init_mlps_jit(k, tuple(self._groups_base), sizes))
       if self.use_task_fast_weights:
-        # The FC-N head (cross-entropy only) serves only the embedding loss: no fast weights.
+        # The FC-N head serves only the representation loss: no fast weights.
         self._groups_emb = _layer_groups([n for n in emb_shapes if n != "fc2"], self.fast_layers)
         self.meta_task = self.param(
             "meta_task", lambda k: _init_lstms_jit(k, tuple(self._groups_emb), self.meta_hidden))
+
+  def _net_param(self, name: str, shapes: dict[str, tuple[int, ...]]) -> Params:
+    try:
+      return self.param(name, lambda k: _init_net_jit(k, tuple(shapes.items())))
+    except flax.errors.ScopeParamShapeError as e:
+      if "fc2" not in shapes:
+        raise
+      raise ValueError(
+          f"argument `num_classes`: the variables' `{name}` does not fit a {self.num_classes}-way "
+          f"model (its softmax layer `fc2` should be {list(shapes['fc2'])}); to classify "
+          f"{self.num_classes}-way episodes with variables trained on another N, build the model "
+          f"with fast_only_output=True (a softmax layer of fast weights only). {e}") from None
 
   def init_params(self) -> None:
     """Touches every parameter (``model.init(key, method=MetaNet.init_params)``
@@ -555,6 +705,14 @@ class MetaNet(nn.Module):
     for name in ("base", "embedding", "meta_example", "meta_task"):
       if hasattr(self, name):
         getattr(self, name)
+
+  def representation_loss(self, num_support: int) -> str:
+    """``'cross_entropy'`` or ``'contrastive'``: the representation loss for a
+    support set of ``num_support`` examples (``embedding_loss='auto'``:
+    cross-entropy when num_support = N, one example per class)."""
+    if self.embedding_loss != "auto":
+      return self.embedding_loss
+    return "cross_entropy" if num_support == self.num_classes else "contrastive"
 
   # -- argument checks -------------------------------------------------------
 
@@ -583,13 +741,31 @@ class MetaNet(nn.Module):
                        f"per support image), got {list(shape)}")
     return images, labels
 
+  def _slow(self, name: str, head: bool) -> Params:
+    """The slow weights of ``'base'`` or ``'embedding'``; their softmax layer
+    ``fc2`` checked against N when ``head`` (and dropped when fast-only)."""
+    params = getattr(self, name)
+    if self.fast_only_output:
+      return {n: v for n, v in params.items() if n != "fc2"}
+    if head:
+      if "fc2" not in params:
+        raise ValueError(f"argument `fast_only_output`: the variables have no slow `{name}/fc2` "
+                         f"(trained with fast_only_output=True); build the module with it")
+      k = params["fc2"].shape[-1]
+      if k != self.num_classes:
+        raise ValueError(f"argument `num_classes`: the variables' softmax layer `{name}/fc2` has "
+                         f"{k} outputs, the module {self.num_classes}; build it with "
+                         f"fast_only_output=True to classify {self.num_classes}-way episodes "
+                         f"with {k}-way-trained variables")
+    return params
+
   # -- the meta learners -------------------------------------------------------
 
   def _meta_info(self, grads):
     return grads if self.second_order else jax.lax.stop_gradient(grads)
 
   def task_fast_weights(self, support_images: jax.Array, support_labels: jax.Array) -> Params:
-    """Q* = d(G, {∇_t}_{t=1}^T), ∇_t = ∇_Q (mean embedding loss of chunk t).
+    """Q* = d(G, {∇_t}_{t=1}^T), ∇_t = ∇_Q (mean representation loss of chunk t).
 
     Args:
       support_images: [S, H, W, C].
@@ -597,15 +773,15 @@ class MetaNet(nn.Module):
 
     Returns:
       Task-level fast weights: a dict of [layer shape] arrays for the
-      embedding layers that get fast weights.
+      embedding layers that get fast weights (raw outputs of d).
     """
     sx, sy = self._check_support(support_images, support_labels)
     if not (self.use_task_fast_weights and self.use_example_fast_weights):
       raise ValueError("task_fast_weights needs use_task_fast_weights=True and "
                        "use_example_fast_weights=True")
-    q = self.embedding
     s = sx.shape[0]
-    if self.embedding_loss == "contrastive":
+    if self.representation_loss(s) == "contrastive":
+      q = self._slow("embedding", head=False)
       partner = (jnp.arange(s) + 1) % s
 
       def loss(params, x1, x2, same):
@@ -616,23 +792,20 @@ class MetaNet(nn.Module):
       grads = jax.vmap(jax.grad(loss), in_axes=(None, 0, 0, 0))(
           q, sx, sx[partner], sy == sy[partner])
     else:
-      def loss(params, x, y):
-        h = jax.nn.relu(embed(params, None, x))
-        return _cross_entropy(h @ params["fc2"], y)
-
-      grads = jax.vmap(jax.grad(loss), in_axes=(None, 0, 0))(q, sx, sy)
+      q = self._slow("embedding", head=True)
+      grads = _support_grads(q, _embedding_hidden, sx, sy, self.num_classes,
+                             self.fast_only_output)
     grads = self._meta_info(grads)
     t = min(self.num_chunks, s)
     chunk = (np.arange(s) * t) // s  # consecutive chunks, sizes differ by at most 1
     avg = np.eye(t, dtype=np.float32)[chunk].T
     avg = jnp.asarray(avg / avg.sum(axis=1, keepdims=True))  # [T, S]: mean over each chunk
-    chunk_grads = jax.tree.map(lambda g: jnp.tensordot(avg, g, axes=1), grads)  # [T, ...]
     fast = {}
     for group, names in self._groups_emb.items():
-      flat = jax.vmap(lambda g: ravel_pytree({n: g[n] for n in names})[0])(chunk_grads)  # [T, P]
+      chunk_grads = {n: jnp.tensordot(avg, grads[n], axes=1) for n in names}  # [T, ...]
+      flat = jax.vmap(lambda g: ravel_pytree(g)[0])(chunk_grads)  # [T, P]
       _, unravel = ravel_pytree({n: q[n] for n in names})
-      out = unravel(lstm_apply(self.meta_task[group], preprocess_gradients(flat)))
-      fast.update({n: _he_scale(n, q[n].shape) * out[n] for n in names})
+      fast.update(unravel(lstm_apply(self.meta_task[group], preprocess_gradients(flat))))
     return fast
 
   def example_fast_weights(self, support_images: jax.Array, support_labels: jax.Array) -> Params:
@@ -644,22 +817,20 @@ class MetaNet(nn.Module):
 
     Returns:
       The value memory M: a dict of [S, layer shape] arrays for the base
-      learner's layers that get fast weights.
+      learner's layers that get fast weights (raw outputs of m).
     """
     sx, sy = self._check_support(support_images, support_labels)
     if not self.use_example_fast_weights:
       raise ValueError("example_fast_weights needs use_example_fast_weights=True")
-    w = self.base
-
-    def loss(params, x, y):
-      return _cross_entropy(net_logits(params, None, x), y)
-
-    grads = self._meta_info(jax.vmap(jax.grad(loss), in_axes=(None, 0, 0))(w, sx, sy))
+    w = self._slow("base", head=True)
+    grads = self._meta_info(_support_grads(w, _hidden, sx, sy, self.num_classes,
+                                           self.fast_only_output))
     return jax.vmap(lambda g: _generate(self.meta_example, g, self._groups_base, mlp_apply))(grads)
 
   def representations(self, images: jax.Array, task_fast: Params | None) -> jax.Array:
     """r = u(Q, Q*, x) for [n, H, W, C] images → [n, hidden]."""
-    return jax.vmap(lambda x: embed(self.embedding, task_fast, x))(images)
+    q = self._slow("embedding", head=False)
+    return jax.vmap(lambda x: embed(q, task_fast, x))(images)
 
   def _memory(self, support_images, support_labels):
     task_fast = (self.task_fast_weights(support_images, support_labels)
@@ -679,6 +850,32 @@ class MetaNet(nn.Module):
     return jax.vmap(lambda r: jax.nn.softmax(addressing.cosine_similarity(keys, r)))(
         self.representations(qx, task_fast))
 
+  def _logit_parts(self, sx, sy, qx) -> tuple[jax.Array | None, jax.Array | None]:
+    base = self._slow("base", head=True)
+    if not self.use_example_fast_weights:
+      return jax.vmap(lambda x: net_logit_parts(base, None, x))(qx)
+    task_fast, keys, values = self._memory(sx, sy)
+    query_keys = self.representations(qx, task_fast)
+
+    def classify(x, r):
+      # retrieve(keys, values, r), with the mixing left to the layers (MixedWeights).
+      a = jax.nn.softmax(addressing.cosine_similarity(keys, r))
+      return net_logit_parts(base, {n: MixedWeights(v, a) for n, v in values.items()}, x)
+
+    return jax.vmap(classify)(qx, query_keys)
+
+  def logit_parts(self, support_images: jax.Array, support_labels: jax.Array,
+                  query_images: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """The logits' slow and fast parts (h W_2, h W*_2), each [Q, N]; zeros where absent.
+
+    ``__call__`` returns their sum.
+    """
+    sx, sy = self._check_support(support_images, support_labels)
+    qx = self._check_images("query_images", query_images)
+    s, f = self._logit_parts(sx, sy, qx)
+    zeros = jnp.zeros((qx.shape[0], self.num_classes), jnp.float32)
+    return (zeros if s is None else s), (zeros if f is None else f)
+
   def __call__(self, support_images: jax.Array, support_labels: jax.Array,
                query_images: jax.Array) -> jax.Array:
     """Classifies the queries of one episode.
@@ -689,7 +886,7 @@ class MetaNet(nn.Module):
       query_images: [Q, H, W, C] float queries.
 
     Returns:
-      [Q, N] logits b(W, W*_q, x_q).
+      [Q, N] logits b(W, W*_q, x_q) (h W*_2 alone with ``fast_only_output``).
     """
     sx, sy = self._check_support(support_images, support_labels)
     qx = self._check_images("query_images", query_images)
@@ -698,14 +895,5 @@ class MetaNet(nn.Module):
       # run un-jitted, op by op (~30 s for the default model).
       self.init_params()
       return jnp.zeros((qx.shape[0], self.num_classes), jnp.float32)
-    if not self.use_example_fast_weights:
-      return jax.vmap(lambda x: net_logits(self.base, None, x))(qx)
-    task_fast, keys, values = self._memory(sx, sy)
-    query_keys = self.representations(qx, task_fast)
-
-    def classify(x, r):
-      # retrieve(keys, values, r), with the mixing left to the layers (MixedWeights).
-      a = jax.nn.softmax(addressing.cosine_similarity(keys, r))
-      return net_logits(self.base, {n: MixedWeights(v, a) for n, v in values.items()}, x)
-
-    return jax.vmap(classify)(qx, query_keys)
+    s, f = self._logit_parts(sx, sy, qx)
+    return s if f is None else (f if s is None else s + f)

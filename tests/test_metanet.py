@@ -147,9 +147,8 @@ def test_per_example_meta_information_equals_python_loop(tiny):
     for group, names in (("conv", ["conv0", "conv1"]), ("fc", ["fc1", "fc2"])):
       flat, unravel = jax.flatten_util.ravel_pytree({n: g[n] for n in names})
       out = unravel(meta(p["meta_example"][group], flat))
-      for n in names:
-        want = metanet._he_scale(n, g[n].shape) * out[n]
-        np.testing.assert_allclose(got[n][i], want, rtol=1e-4, atol=1e-7)
+      for n in names:  # raw outputs of m, as the authors' code
+        np.testing.assert_allclose(got[n][i], out[n], rtol=1e-4, atol=1e-7)
 
 
 def test_task_meta_information_equals_python_loop(tiny):
@@ -175,9 +174,65 @@ def test_task_meta_information_equals_python_loop(tiny):
                       for g in chunk_grads])
     _, unravel = jax.flatten_util.ravel_pytree({n: p["embedding"][n] for n in names})
     out = unravel(metanet.lstm_apply(p["meta_task"][group], metanet.preprocess_gradients(flat)))
+    for n in names:  # raw outputs of d
+      np.testing.assert_allclose(got[n], out[n], rtol=1e-3, atol=1e-7)
+
+
+def test_one_shot_default_representation_loss_is_cross_entropy():
+  """With one support example per class (S = N) the default representation loss
+  is the cross-entropy of the embedding net's own FC-N head (paper §3.1, the
+  authors' code): Q* = d(per-chunk gradients of that loss), here T = S = 3."""
+  model = MetaNet(**TINY)
+  assert model.embedding_loss == "auto"
+  assert model.representation_loss(3) == "cross_entropy"  # S = N = 3: 1-shot
+  assert model.representation_loss(6) == "contrastive"    # two per class
+  assert MetaNet(**TINY, embedding_loss="contrastive").representation_loss(3) == "contrastive"
+  sx, sy, qx = episode(jax.random.key(4), TINY, labels=(2, 0, 1))
+  params = model.init(jax.random.key(0), sx, sy, qx)
+  p = params["params"]
+  assert p["embedding"]["fc2"].shape == (TINY["hidden"], 3)  # the head exists
+  got = jax.jit(lambda p: model.apply(p, sx, sy, method=MetaNet.task_fast_weights))(params)
+
+  def ce(q, x, y):
+    return _ce(jax.nn.relu(metanet.embed(q, None, x)) @ q["fc2"], y)
+
+  grads = [jax.grad(ce)(p["embedding"], sx[i], sy[i]) for i in range(3)]  # one chunk each
+  for group, names in (("conv", ["conv0", "conv1"]), ("fc", ["fc1"])):
+    flat = jnp.stack([jax.flatten_util.ravel_pytree({n: g[n] for n in names})[0] for g in grads])
+    _, unravel = jax.flatten_util.ravel_pytree({n: p["embedding"][n] for n in names})
+    out = unravel(metanet.lstm_apply(p["meta_task"][group], metanet.preprocess_gradients(flat)))
     for n in names:
-      want = metanet._he_scale(n, p["embedding"][n].shape) * out[n]
-      np.testing.assert_allclose(got[n], want, rtol=1e-3, atol=1e-7)
+      np.testing.assert_allclose(got[n], out[n], rtol=1e-3, atol=1e-7)
+  # ... and not the contrastive pair loss's.
+  contrastive = MetaNet(**TINY, embedding_loss="contrastive")
+  other = jax.jit(lambda p: contrastive.apply(p, sx, sy, method=MetaNet.task_fast_weights))(params)
+  assert not np.allclose(other["fc1"], got["fc1"], rtol=1e-3, atol=1e-6)
+
+
+def test_fast_path_logit_spread_at_initialisation_is_comparable_to_slow_path():
+  """The fast weights are the meta learners' raw outputs (not rescaled), and
+  the FC meta nets start Chainer-like: at initialisation the fast part of the
+  logits (h W*_2) spreads over the classes within 10× of the slow part (h W_2)
+  (per-layer He rescaling with a 0.01 init made it ~1000× smaller and the loss
+  sat at ln N). The conv fast weights start small: the slow part stays within
+  30× of the plain slow network's logits (O(0.1) conv fast weights explode
+  them by ~300×). The authors' default architecture, 5-way 1-shot."""
+  n = 5
+  model = MetaNet(num_classes=n)
+  k1, k2 = jax.random.split(jax.random.key(5))
+  sx = (jax.random.uniform(k1, (n, 28, 28, 1)) < 0.2).astype(jnp.float32)  # sparse strokes
+  qx = (jax.random.uniform(k2, (4, 28, 28, 1)) < 0.2).astype(jnp.float32)
+  sy = jnp.arange(n, dtype=jnp.int32)
+  params = model.init(jax.random.key(0), sx, sy, qx)
+  slow, fast = jax.jit(lambda p: model.apply(p, sx, sy, qx, method=MetaNet.logit_parts))(params)
+  plain = MetaNet(num_classes=n, use_task_fast_weights=False, use_example_fast_weights=False)
+  pure = jax.jit(plain.apply)({"params": {"base": params["params"]["base"]}}, sx, sy, qx)
+
+  def spread(z):
+    return float(jnp.mean(jnp.std(z, axis=-1)))
+
+  assert 0.1 < spread(fast) / spread(slow) < 10, (spread(fast), spread(slow))
+  assert spread(slow) < 30 * spread(pure), (spread(slow), spread(pure))
 
 
 @pytest.mark.parametrize("method,slow,meta", [
@@ -231,6 +286,90 @@ def test_retrieval_attends_to_the_support_example_of_the_query_class(tiny):
   np.testing.assert_allclose(a.sum(-1), 1.0, rtol=1e-5)
   np.testing.assert_array_equal(jnp.argmax(a, -1), perm)
   np.testing.assert_array_equal(sy[jnp.argmax(a, -1)], sy[perm])
+
+
+# ----------------------------------------------------------------------------
+# N-way training, K-way testing (§4.2.1, Table 4).
+
+
+def test_fast_only_output_applies_n_way_variables_to_k_way_episodes(tiny):
+  """A model built with num_classes=K and fast_only_output=True classifies K-way
+  episodes with variables trained N-way: its K-way softmax layer's weights come
+  only from fast weights (the slow `fc2` layers are ignored)."""
+  model3, params3, _, _ = tiny  # N = 3
+  k = 5
+  model5 = MetaNet(**{**TINY, "num_classes": k}, fast_only_output=True)
+  sx, sy, qx = episode(jax.random.key(6), TINY, labels=(3, 0, 4, 1, 2), num_query=4)
+  logits = jax.jit(model5.apply)(params3, sx, sy, qx)
+  assert logits.shape == (4, k) and np.all(np.isfinite(logits))
+  # The slow softmax layers play no part ...
+  p = jax.tree.map(lambda a: a, params3)
+  p["params"]["base"]["fc2"] = 100.0 * jnp.ones_like(p["params"]["base"]["fc2"])
+  np.testing.assert_allclose(jax.jit(model5.apply)(p, sx, sy, qx), logits, rtol=1e-5, atol=1e-6)
+  slow, fast = model5.apply(params3, sx, sy, qx, method=MetaNet.logit_parts)
+  assert np.all(slow == 0) and np.allclose(fast, logits, rtol=1e-5, atol=1e-6)
+  # ... and a fast-only model has none.
+  own = model5.init(jax.random.key(0), sx, sy, qx)["params"]
+  assert "fc2" not in own["base"] and "fc2" not in own["embedding"]
+  # Without the flag, N-way variables on a K-way model are refused, naming the argument.
+  with pytest.raises(ValueError, match="num_classes.*fast_only_output=True"):
+    MetaNet(**{**TINY, "num_classes": k}).apply(params3, sx, sy, qx)
+  with pytest.raises(ValueError, match="fast_only_output"):
+    MetaNet(**TINY, fast_only_output=True, use_example_fast_weights=False).init(
+        jax.random.key(0), sx, sy, qx)
+
+
+def test_fast_only_output_meta_information():
+  """Fast-only softmax layer: its meta information is the support loss gradient
+  at zero slow weights, h_i ⊗ (1/K − e_{y_i}); the layers below take theirs
+  with the layer set to V = Σ_j h_j ⊗ (e_{y_j} − 1/K) (module docs)."""
+  k = 4
+  model = MetaNet(**{**TINY, "num_classes": k}, fast_only_output=True)
+  sx, sy, qx = episode(jax.random.key(7), TINY, labels=(1, 3, 0, 2))
+  params = model.init(jax.random.key(0), sx, sy, qx)
+  p = params["params"]
+  got = jax.jit(lambda p: model.apply(p, sx, sy, method=MetaNet.example_fast_weights))(params)
+  assert got["fc2"].shape == (4, TINY["hidden"], k)
+
+  def hidden(w, x):
+    return jax.nn.relu(metanet.conv_features(w, None, x) @ w["fc1"])
+
+  h = np.stack([hidden(p["base"], x) for x in sx])  # [S, D]
+  t = np.eye(k)[np.asarray(sy)] - 1.0 / k
+  v = h.T @ t
+  np.testing.assert_allclose(v, metanet._imprinted_head(jnp.asarray(h), sy, k), rtol=1e-5, atol=1e-6)
+  meta = jax.jit(lambda z, g: metanet.mlp_apply(z, metanet.preprocess_gradients(g)))
+  for i in range(4):
+    g = jax.grad(lambda w: _ce(hidden(w, sx[i]) @ v, sy[i]))(p["base"])
+    g["fc2"] = -np.outer(h[i], t[i])
+    for group, names in (("conv", ["conv0", "conv1"]), ("fc", ["fc1", "fc2"])):
+      flat, unravel = jax.flatten_util.ravel_pytree({n: g[n] for n in names})
+      out = unravel(meta(p["meta_example"][group], flat))
+      for n in names:
+        np.testing.assert_allclose(got[n][i], out[n], rtol=1e-4, atol=1e-6)
+
+
+def test_fast_only_output_trained_three_way_classifies_five_way():
+  """Trained on 3-way episodes with a fast-only softmax layer, the same
+  variables classify 5-way episodes well above chance (20%)."""
+  cfg = {**TINY, "filters": 8, "hidden": 16}
+  model = MetaNet(**cfg, fast_layers="fc", use_task_fast_weights=False, fast_only_output=True)
+  s, sl, q, ql = synthetic_episodes(jax.random.key(0), 1)
+  params = model.init(jax.random.key(0), s[0], sl[0], q[0])
+
+  def loss_fn(p, key):
+    s, sl, q, ql = synthetic_episodes(key, 8)
+    logits = jax.vmap(model.apply, in_axes=(None, 0, 0, 0))(p, s, sl, q)
+    return jnp.mean(jax.vmap(jax.vmap(_ce))(logits, ql)), {}
+
+  state, _ = training.fit(loss_fn, params, training.make_optimizer("adam", 3e-3), num_steps=80,
+                          progress=False)
+  five = MetaNet(**{**cfg, "num_classes": 5}, fast_layers="fc", use_task_fast_weights=False,
+                 fast_only_output=True)
+  s, sl, q, ql = synthetic_episodes(jax.random.key(123), 64, n=5)
+  logits = jax.jit(jax.vmap(five.apply, in_axes=(None, 0, 0, 0)))(state.params, s, sl, q)
+  acc = float(jnp.mean(jnp.argmax(logits, -1) == ql))
+  assert acc > 0.5, f"5-way accuracy {acc:.2f} (chance 0.20)"
 
 
 # ----------------------------------------------------------------------------
