@@ -2,21 +2,37 @@
 
 Defaults are the authors' Omniglot model and training: 28×28 images, base
 learner and embedding net of 5 conv blocks (64 3×3 filters) then FC 64 and
-FC N, fast weights on every layer, Adam 1e-3 with gradients clipped at 10,
-one episode per update (as the authors' code), 10 queries per class, random
-90° rotations as new classes, train on the 1,200 background characters.
+FC N, fast weights on every layer, cross-entropy representation loss (one
+support example per class), Adam 1e-3 with gradients clipped at 10, one
+episode per update (as the authors' code), 10 queries per class, random 90°
+rotations as new classes during training, train on the 1,200 characters of
+the 1200/423 split (Table 1).
 
     python experiments/omniglot_metanet.py --data-dir /work/shared/data/omniglot
     python experiments/omniglot_metanet.py --num-classes 20 --workdir runs/metanet_20way
     python experiments/omniglot_metanet.py --workdir runs/metanet_5way --resume
-    python experiments/omniglot_metanet.py --ablate no_task      # MetaNet without Q*
+    python experiments/omniglot_metanet.py --ablate no_task      # MetaNet− (no Q*)
+    # Table 3, the standard split: train on the 964 images_background characters,
+    # test on 400 20-way episodes of the 659 images_evaluation characters
+    python experiments/omniglot_metanet.py --num-classes 20 --train-split background \
+        --test-split evaluation --eval-episodes 400 --workdir runs/metanet_standard_20way
+    # Table 4: a 5-way-trained run tested on 5/10/15/20-way episodes (K-way softmax
+    # layer of fast weights only), here re-evaluating a finished run without training
+    python experiments/omniglot_metanet.py --workdir runs/metanet_5way --eval-only \
+        --test-num-classes 10,15,20
 
 Training stops after ``--steps`` updates or ``--max-minutes`` of training
 (checkpointed; ``--resume`` continues). Then it evaluates N-way 1-shot on
-``--eval-episodes`` episodes of the 423 held-out test characters (rotated
-too, as in Vinyals et al. 2016), prints the mean accuracy with a 95%
-confidence interval beside the paper's and the baselines', and writes
-``results.json`` (atomically) and ``learning_curve.png`` to the workdir.
+``--eval-episodes`` episodes of the test characters, not rotated (as the
+paper and the authors' test generator; training episodes are rotated), prints
+the mean accuracy with a 95% confidence interval beside the paper's and the
+baselines', and writes ``results.json`` (atomically) and
+``learning_curve.png`` to the workdir. ``--test-num-classes K[,K...]`` adds
+K-way evaluations of the same trained variables (§4.2.1, Table 4): for K ≠ N
+the model is built with ``num_classes=K`` and ``fast_only_output=True``, so
+its K-way softmax layer's weights come only from fast weights (train with
+``--fast-only-output`` to use the same layer during training).
+``--eval-only`` evaluates the checkpoint in ``--workdir`` without training.
 The learning curve's test points (``--eval-every``, ``--curve-episodes``) only
 monitor training: nothing is selected or stopped on them. ``--max-minutes``
 bounds training; the final evaluation comes on top (1,000 5-way episodes of the
@@ -38,10 +54,19 @@ from memjax import training
 from memjax import cli
 from memjax.cli import non_negative_int, positive_float, positive_int, write_json
 from memjax.data import load, sample_few_shot
-from memjax.metanet import FAST_LAYERS, MetaNet
+from memjax.data.omniglot import SPLITS
+from memjax.metanet import EMBEDDING_LOSSES, FAST_LAYERS, MetaNet
 
-# N-way 1-shot Omniglot accuracy (%), Munkhdalai & Yu 2017, Table 1.
-PAPER = {5: 98.95, 20: 97.0}
+# N-way 1-shot Omniglot accuracy (%), Munkhdalai & Yu 2017.
+PAPER = {
+    "table1": {5: 98.95, 10: 98.67, 15: 97.11, 20: 97.0},     # MetaNet, 1200/423 split
+    "table1_no_task": {5: 98.4, 10: 98.32, 15: 96.68, 20: 96.13},  # MetaNet− (no Q*)
+    "table3": {5: 98.45, 10: 97.32, 15: 96.4, 20: 95.92},      # standard split, 400 trials
+}
+# Table 4: trained N-way (key), tested K-way (inner key).
+PAPER_TABLE4 = {5: {5: 98.95, 10: 96.4, 15: 93.6, 20: 93.07},
+                20: {5: 99.55, 10: 98.87, 15: 97.41, 20: 97.0}}
+WAYS = (5, 10, 15, 20)  # the paper's settings
 BASELINES = {
     "Matching Nets": {5: 98.1, 20: 93.8},
     "Prototypical Nets": {5: 98.8, 20: 96.0},
@@ -53,6 +78,7 @@ ABLATIONS = {  # --ablate -> (use_task_fast_weights, use_example_fast_weights)
     "no_task": (False, True),
     "no_example": (True, False),
 }
+FAST_WEIGHTS = "raw"  # config.json marker: fast weights are the meta learners' raw outputs
 IMAGE_SIZE = 28
 NUM_SUPPORT = 1
 EVAL_KEY = 2**31 - 1  # never a training key: those are fold_in(key(seed), step)
@@ -60,18 +86,45 @@ EVAL_KEY = 2**31 - 1  # never a training key: those are fold_in(key(seed), step)
 
 def num_ways(text):
   value = positive_int(text)
-  if value not in (5, 20):
-    raise argparse.ArgumentTypeError(f"expected 5 or 20 (the paper's settings), got {value}")
+  if value not in WAYS:
+    raise argparse.ArgumentTypeError(f"expected one of {WAYS} (the paper's settings), got {value}")
   return value
+
+
+def ways_list(text) -> list[int]:
+  """``--test-num-classes``: one or more K, comma-separated (each at least 2)."""
+  values = []
+  for part in str(text).split(","):
+    value = positive_int(part.strip())
+    if value < 2:
+      raise argparse.ArgumentTypeError(f"expected K >= 2 classes per test episode, got {value}")
+    values.append(value)
+  return values
+
+
+def paper_row(args) -> tuple[str, dict]:
+  """The paper's row this run compares with: (label, {N: accuracy})."""
+  if args.train_split == "background" and args.test_split == "evaluation":
+    return "MetaNet (paper, Table 3, standard split)", PAPER["table3"]
+  if args.ablate == "no_task":
+    return "MetaNet− (paper, Table 1)", PAPER["table1_no_task"]
+  return "MetaNet (paper, Table 1)", PAPER["table1"]
 
 
 def build_parser() -> argparse.ArgumentParser:
   p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                               formatter_class=argparse.ArgumentDefaultsHelpFormatter)
   p.add_argument("--data-dir", default=None, help="Omniglot archives (default: memjax's resolution)")
-  p.add_argument("--train-split", default="train", help="'train' (1,200 characters), or 'small1'")
-  p.add_argument("--test-split", default="test", help="'test' (423 characters), or 'small1'")
-  p.add_argument("--num-classes", type=num_ways, default=5, help="N-way (5 or 20)")
+  p.add_argument("--train-split", choices=list(SPLITS), default="train",
+                 help="'train' (1,200 characters, Table 1) or 'background' (964, Table 3); "
+                      "'small1'/'small2' for smoke tests")
+  p.add_argument("--test-split", choices=list(SPLITS), default="test",
+                 help="'test' (423 characters, Table 1) or 'evaluation' (659, Table 3)")
+  p.add_argument("--num-classes", type=num_ways, default=5, help=f"N-way training, one of {WAYS}")
+  p.add_argument("--test-num-classes", type=ways_list, action="append", default=[],
+                 metavar="K[,K...]",
+                 help="also evaluate K-way (repeatable or comma-separated; K != N uses a K-way "
+                      "softmax layer of fast weights only, Table 4)")
   p.add_argument("--num-query", type=positive_int, default=10, help="queries per class")
   p.add_argument("--batch-size", type=positive_int, default=1, help="episodes per update")
   p.add_argument("--steps", type=positive_int, default=100_000, help="maximum updates")
@@ -88,12 +141,18 @@ def build_parser() -> argparse.ArgumentParser:
                       "learner then never sees the support set: chance level)")
   p.add_argument("--fast-layers", choices=FAST_LAYERS, default="all",
                  help="which layers get fast weights ('fc' is ~4x cheaper on CPU)")
-  p.add_argument("--embedding-loss", choices=["contrastive", "cross_entropy"], default="contrastive")
+  p.add_argument("--fast-only-output", action="store_true",
+                 help="train with the base learner's softmax layer made of fast weights only "
+                      "(as it is at K-way test time)")
+  p.add_argument("--embedding-loss", choices=EMBEDDING_LOSSES, default="auto",
+                 help="representation loss; 'auto': cross-entropy for one example per class")
   p.add_argument("--filters", type=positive_int, default=64)
   p.add_argument("--num-blocks", type=positive_int, default=5)
   p.add_argument("--hidden", type=positive_int, default=64)
   p.add_argument("--eval-episodes", type=positive_int, default=1000,
-                 help="test episodes for the final accuracy")
+                 help="test episodes for the final accuracy (Table 3: 400)")
+  p.add_argument("--eval-only", action="store_true",
+                 help="no training: evaluate the checkpoint in --workdir (same configuration)")
   p.add_argument("--eval-every", type=non_negative_int, default=500,
                  help="learning-curve evaluation every this many updates (0: never)")
   p.add_argument("--curve-episodes", type=positive_int, default=50,
@@ -105,13 +164,18 @@ def build_parser() -> argparse.ArgumentParser:
   return p
 
 
-def build_model(args) -> MetaNet:
+def build_model(args, num_classes: int | None = None) -> MetaNet:
+  """The run's MetaNet; with ``num_classes`` K ≠ N, the same model with a K-way
+  softmax layer of fast weights only, for the N-way-trained variables."""
   use_task, use_example = ABLATIONS[args.ablate]
-  return MetaNet(num_classes=args.num_classes, image_shape=(IMAGE_SIZE, IMAGE_SIZE, 1),
+  k = args.num_classes if num_classes is None else num_classes
+  return MetaNet(num_classes=k, image_shape=(IMAGE_SIZE, IMAGE_SIZE, 1),
                  filters=args.filters, num_blocks=args.num_blocks, hidden=args.hidden,
                  fast_layers=args.fast_layers, embedding_loss=args.embedding_loss,
                  use_task_fast_weights=use_task, use_example_fast_weights=use_example,
-                 second_order=args.second_order)
+                 second_order=args.second_order,
+                 fast_only_output=bool(getattr(args, "fast_only_output", False))
+                 or k != args.num_classes)
 
 
 def episode_metrics(model, params, episodes):
@@ -124,17 +188,19 @@ def episode_metrics(model, params, episodes):
   return loss, jnp.mean(per_episode), per_episode
 
 
-def make_evaluator(model, images, args, chunk: int = 4):
+def make_evaluator(model, images, args, chunk: int = 4, num_classes: int | None = None):
   """``evaluate(params, num_episodes, key) -> [E] accuracies`` over test episodes.
 
+  Test episodes are not rotated (the paper and the authors' test generator).
   Episodes are drawn ``chunk`` at a time from ``fold_in(key, i)`` (one
   compilation), so the set of episodes depends only on the key.
   """
+  n = args.num_classes if num_classes is None else num_classes
 
   @jax.jit
   def run_chunk(params, key):
-    ep = sample_few_shot(key, images, batch_size=chunk, num_classes=args.num_classes,
-                         num_support=NUM_SUPPORT, num_query=args.num_query, rotate=True)
+    ep = sample_few_shot(key, images, batch_size=chunk, num_classes=n,
+                         num_support=NUM_SUPPORT, num_query=args.num_query, rotate=False)
     return episode_metrics(model, params, ep)[2]
 
   def evaluate(params, num_episodes, key, progress=False):
@@ -155,44 +221,81 @@ def mean_ci95(acc: np.ndarray) -> tuple[float, float]:
 
 
 def comparison_table(n: int, mean: float, half: float, args) -> str:
-  lines = [f"Omniglot {n}-way 1-shot accuracy (%), {args.eval_episodes} test episodes",
-           f"  {'memjax MetaNet' + ('' if args.ablate == 'none' else f' ({args.ablate})'):<28}"
+  label, row = paper_row(args)
+  lines = [f"Omniglot {n}-way 1-shot accuracy (%), {args.eval_episodes} test episodes "
+           f"({args.test_split} split)",
+           f"  {'memjax MetaNet' + ('' if args.ablate == 'none' else f' ({args.ablate})'):<40}"
            f"{mean:6.2f} ± {half:.2f}",
-           f"  {'MetaNet (paper)':<28}{PAPER[n]:6.2f}"]
-  lines += [f"  {name:<28}{vals[n]:6.2f}" for name, vals in BASELINES.items()]
+           f"  {label:<40}{row[n]:6.2f}"]
+  lines += [f"  {name:<40}{vals[n]:6.2f}" for name, vals in BASELINES.items() if n in vals]
+  return "\n".join(lines)
+
+
+def k_way_table(k_way: dict, args) -> str:
+  lines = [f"Trained {args.num_classes}-way, tested K-way (Table 4), {args.eval_episodes} episodes each"]
+  for k, r in sorted(k_way.items()):
+    paper = PAPER_TABLE4.get(args.num_classes, {}).get(k)
+    lines.append(f"  K = {k:<3} {r['test_accuracy']:6.2f} ± {r['test_ci95']:.2f}"
+                 + ("" if paper is None else f"   (paper {paper:.2f})")
+                 + ("   [fast-only softmax layer]" if r["fast_only_output"] else ""))
   return "\n".join(lines)
 
 
 def main(argv=None) -> dict:
   parser = build_parser()
   args = parser.parse_args(argv)
+  args.test_num_classes = sorted({k for ks in args.test_num_classes for k in ks})
+  if args.eval_only and args.resume:
+    parser.error("--eval-only and --resume are exclusive (--eval-only trains nothing)")
   os.makedirs(args.workdir, exist_ok=True)
   config = {k: v for k, v in vars(args).items()
             if k not in ("resume", "no_progress", "no_plots", "max_minutes", "steps", "data_dir",
                          "eval_episodes", "eval_every", "curve_episodes", "checkpoint_every",
-                         "log_every")}
+                         "log_every", "test_num_classes", "eval_only")}
+  # Runs of the code before the fast weights became the meta learners' raw outputs (issue 12)
+  # lack this key: they neither resume nor evaluate under this code.
+  config["fast_weights"] = FAST_WEIGHTS
   config_path = os.path.join(args.workdir, "config.json")
-  if args.resume and os.path.exists(config_path):
+  if args.eval_only:
+    # The run's configuration defines the model; flags given here must not contradict it.
+    if not os.path.exists(config_path):
+      parser.error(f"--eval-only: no {config_path}; train a run in --workdir first")
     with open(config_path) as f:
       old = json.load(f)
-    changed = sorted(k for k in config if old.get(k) != config[k])
+    if old.get("fast_weights") != FAST_WEIGHTS:
+      parser.error(f"--eval-only: {config_path} is a run of the earlier MetaNet (fast weights "
+                   f"rescaled per layer); this code cannot evaluate it")
+    changed = sorted(k for k in config if k in old and config[k] != parser.get_default(k)
+                     and config[k] != old[k])
+    if changed:
+      parser.error(f"--eval-only with flags that differ from {config_path}: {changed}")
+    for k in config:
+      if k != "fast_weights":
+        setattr(args, k, old.get(k, parser.get_default(k)))
+    config = {k: FAST_WEIGHTS if k == "fast_weights" else getattr(args, k) for k in config}
+  elif args.resume and os.path.exists(config_path):
+    with open(config_path) as f:
+      old = json.load(f)
+    changed = sorted(k for k in config if old.get(k, parser.get_default(k)) != config[k])
     if changed:
       parser.error(f"--resume with a different configuration than {config_path}: {changed}")
-  write_json(config_path, config)
+  if not args.eval_only:
+    write_json(config_path, config)
 
   try:
     train_images = jnp.asarray(load(args.train_split, IMAGE_SIZE, data_dir=args.data_dir).images)
     test_images = jnp.asarray(load(args.test_split, IMAGE_SIZE, data_dir=args.data_dir).images)
   except (ValueError, FileNotFoundError) as e:
     parser.error(str(e))
-  for split, imgs in ((args.train_split, train_images), (args.test_split, test_images)):
-    if imgs.shape[0] < args.num_classes or imgs.shape[1] < NUM_SUPPORT + args.num_query:
+  for split, imgs, ways in ((args.train_split, train_images, [args.num_classes]),
+                            (args.test_split, test_images, [args.num_classes, *args.test_num_classes])):
+    if imgs.shape[0] < max(ways) or imgs.shape[1] < NUM_SUPPORT + args.num_query:
       parser.error(f"split {split!r} has {imgs.shape[0]} characters × {imgs.shape[1]} drawers: "
-                   f"too few for {args.num_classes}-way 1-shot with {args.num_query} queries")
+                   f"too few for {max(ways)}-way 1-shot with {args.num_query} queries")
 
   model = build_model(args)
   sample_kw = dict(num_classes=args.num_classes, num_support=NUM_SUPPORT, num_query=args.num_query,
-                   rotate=True)
+                   rotate=True)  # training episodes: random 90° rotations as new classes
   example = sample_few_shot(jax.random.key(0), train_images, batch_size=1, **sample_kw)
   params = model.init(jax.random.key(args.seed), example.support[0], example.support_labels[0],
                       example.query[0])
@@ -215,11 +318,18 @@ def main(argv=None) -> dict:
 
   optimizer = training.make_optimizer("adam", args.lr, clip=args.clip)
   t0 = time.perf_counter()
-  state, history = training.fit(
-      loss_fn, params, optimizer, num_steps=args.steps, seed=args.seed, workdir=args.workdir,
-      checkpoint_every=args.checkpoint_every, resume=args.resume, log_every=args.log_every,
-      progress=not args.no_progress, eval_every=args.eval_every,
-      eval_fn=eval_fn if args.eval_every else None, max_seconds=args.max_minutes * 60)
+  if args.eval_only:
+    try:
+      state = training.load_checkpoint(args.workdir, training.init_state(params, optimizer))
+    except FileNotFoundError as e:
+      parser.error(f"--eval-only: {e}")
+    history = []
+  else:
+    state, history = training.fit(
+        loss_fn, params, optimizer, num_steps=args.steps, seed=args.seed, workdir=args.workdir,
+        checkpoint_every=args.checkpoint_every, resume=args.resume, log_every=args.log_every,
+        progress=not args.no_progress, eval_every=args.eval_every,
+        eval_fn=eval_fn if args.eval_every else None, max_seconds=args.max_minutes * 60)
   train_seconds = time.perf_counter() - t0 - eval_seconds[0]
   steps = int(state.step)
 
@@ -239,23 +349,47 @@ def main(argv=None) -> dict:
                  progress=not args.no_progress)
   test_seconds = time.perf_counter() - t
   mean, half = mean_ci95(acc)
+
+  # N-way trained, K-way tested (Table 4): K != N through a K-way softmax layer of fast weights.
+  k_way = {}
+  for k in args.test_num_classes:
+    if k == args.num_classes:
+      k_acc = acc
+    else:
+      k_eval = make_evaluator(build_model(args, num_classes=k), test_images, args, num_classes=k)
+      k_acc = k_eval(state.params, args.eval_episodes, jax.random.fold_in(eval_key, 100 + k),
+                     progress=not args.no_progress)
+    k_mean, k_half = mean_ci95(k_acc)
+    k_way[k] = {"test_accuracy": k_mean, "test_ci95": k_half, "eval_episodes": int(len(k_acc)),
+                "fast_only_output": build_model(args, num_classes=k).fast_only_output,
+                "paper_accuracy": PAPER_TABLE4.get(args.num_classes, {}).get(k)}
+
   n = args.num_classes
+  label, row = paper_row(args)
   results = {
       "num_classes": n, "num_support": NUM_SUPPORT, "num_query_per_class": args.num_query,
       "ablate": args.ablate, "second_order": args.second_order,
       "steps": steps, "episodes": steps * args.batch_size,
       "test_accuracy": mean, "test_ci95": half, "eval_episodes": int(len(acc)),
+      "test_rotated": False,
+      "train_split": args.train_split, "train_characters": int(train_images.shape[0]),
       "test_split": args.test_split, "test_characters": int(test_images.shape[0]),
-      "paper_accuracy": PAPER[n], "baselines": {k: v[n] for k, v in BASELINES.items()},
+      "paper_row": label, "paper_accuracy": row[n],
+      "baselines": {k: v[n] for k, v in BASELINES.items() if n in v},
+      "k_way": {str(k): v for k, v in k_way.items()},
       "episodes_per_hour": episodes_per_hour,
-      "train_seconds_this_invocation": train_seconds, "eval_seconds": test_seconds,
+      "train_seconds_this_invocation": None if args.eval_only else train_seconds,
+      "eval_seconds": test_seconds,
       "final_train": {k: history[-1][k] for k in ("loss", "accuracy") if history and k in history[-1]},
       "config": config, "device": str(jax.devices()[0]), "date": time.strftime("%Y-%m-%d"),
   }
-  write_json(os.path.join(args.workdir, "results.json"), results)
-  if not args.no_plots:
+  write_json(os.path.join(args.workdir, "results_eval.json" if args.eval_only else "results.json"),
+             results)
+  if not args.no_plots and not args.eval_only:
     plot(args)
   print(comparison_table(n, mean, half, args))
+  if k_way:
+    print(k_way_table(k_way, args))
   print(f"{steps} updates ({steps * args.batch_size} episodes); "
         f"{episodes_per_hour and round(episodes_per_hour)} episodes/hour")
   return results
@@ -281,7 +415,8 @@ def plot(args):
   if ev:
     ax.errorbar([r["step"] * args.batch_size for r in ev], [r["test_accuracy"] for r in ev],
                 yerr=[r["test_ci95"] for r in ev], fmt="o-", label="test (95% CI)")
-  ax.axhline(PAPER[args.num_classes], color="k", ls="--", lw=1, label="MetaNet (paper)")
+  label, row = paper_row(args)
+  ax.axhline(row[args.num_classes], color="k", ls="--", lw=1, label=label)
   ax.axhline(100 / args.num_classes, color="gray", ls=":", lw=1, label="chance")
   ax.set_xlabel("training episodes")
   ax.set_ylabel("query accuracy (%)")

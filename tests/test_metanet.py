@@ -473,19 +473,46 @@ def experiment():
   return module
 
 
-def test_experiment_smoke(omniglot_dir, tmp_path):
-  main = experiment().main
-  results = main(["--data-dir", str(omniglot_dir), "--train-split", "small1", "--test-split",
-                  "small1", "--filters", "4", "--num-blocks", "1", "--hidden", "8",
-                  "--fast-layers", "fc", "--ablate", "no_task", "--num-query", "2", "--steps", "3", "--log-every", "1",
-                  "--eval-every", "0", "--eval-episodes", "4", "--workdir", str(tmp_path),
-                  "--no-progress"])
+def test_experiment_smoke(omniglot_dir, tmp_path, monkeypatch):
+  module = experiment()
+  calls = []  # (characters of the images, rotate) of every episode sampler call
+  sampler = module.sample_few_shot
+
+  def recording(key, images, **kw):
+    calls.append((int(images.shape[0]), kw["rotate"]))
+    return sampler(key, images, **kw)
+
+  monkeypatch.setattr(module, "sample_few_shot", recording)
+  flags = ["--data-dir", str(omniglot_dir), "--filters", "4", "--num-blocks", "1", "--hidden", "8",
+           "--fast-layers", "fc", "--ablate", "no_task", "--num-query", "2", "--workdir",
+           str(tmp_path), "--no-progress", "--eval-episodes", "4"]
+  results = module.main(flags + ["--train-split", "small1", "--test-split", "small2", "--steps", "3",
+                                 "--log-every", "1", "--eval-every", "0", "--test-num-classes", "3,5",
+                                 "--test-num-classes", "10"])
   saved = json.loads((tmp_path / "results.json").read_text())
   assert saved["steps"] == results["steps"] == 3
-  assert saved["paper_accuracy"] == 98.95 and saved["eval_episodes"] == 4
+  assert saved["paper_accuracy"] == 98.4 and saved["paper_row"].startswith("MetaNet−")  # no_task
+  assert saved["eval_episodes"] == 4 and saved["test_rotated"] is False
+  assert (saved["train_characters"], saved["test_characters"]) == (136, 156)
   assert 0.0 <= saved["test_accuracy"] <= 100.0
   assert saved["episodes_per_hour"] > 0
   assert (tmp_path / "learning_curve.png").exists()
+  # Training episodes are rotated (small1, 136 characters), test episodes not (small2, 156).
+  assert {c for c in calls if c[0] == 136} == {(136, True)}
+  assert {c for c in calls if c[0] == 156} == {(156, False)}
+  # K-way tests (Table 4): K != N through a K-way softmax layer of fast weights only.
+  kw = saved["k_way"]
+  assert sorted(kw) == ["10", "3", "5"]
+  assert kw["5"]["test_accuracy"] == saved["test_accuracy"] and not kw["5"]["fast_only_output"]
+  assert kw["3"]["fast_only_output"] and kw["10"]["fast_only_output"]
+  assert kw["10"]["paper_accuracy"] == 96.4 and kw["3"]["paper_accuracy"] is None
+  assert all(0.0 <= r["test_accuracy"] <= 100.0 and r["eval_episodes"] == 4 for r in kw.values())
+  # --eval-only re-evaluates the checkpoint with the run's configuration: same episodes, same numbers.
+  again = module.main(["--data-dir", str(omniglot_dir), "--workdir", str(tmp_path), "--eval-only",
+                       "--eval-episodes", "4", "--no-progress", "--test-num-classes", "10"])
+  assert again["steps"] == 3 and again["test_accuracy"] == saved["test_accuracy"]
+  assert again["k_way"]["10"]["test_accuracy"] == kw["10"]["test_accuracy"]
+  assert json.loads((tmp_path / "results_eval.json").read_text())["k_way"]["10"] == again["k_way"]["10"]
   # The attention diagnostic reads the same run directory back.
   spec = importlib.util.spec_from_file_location("metanet_attention",
                                                 REPO / "experiments" / "metanet_attention.py")
@@ -498,9 +525,38 @@ def test_experiment_smoke(omniglot_dir, tmp_path):
   assert attention.simplex_attention(20) == pytest.approx(0.131, abs=1e-3)
 
 
+def test_experiment_standard_split_flags():
+  """Table 3: train on images_background (964 characters), test on 400 episodes of
+  images_evaluation; the run compares with the paper's Table 3 row."""
+  module = experiment()
+  args = module.build_parser().parse_args(["--num-classes", "20", "--train-split", "background",
+                                           "--test-split", "evaluation", "--eval-episodes", "400"])
+  assert (args.train_split, args.test_split, args.eval_episodes) == ("background", "evaluation", 400)
+  label, row = module.paper_row(args)
+  assert "Table 3" in label and row[20] == 95.92
+  assert module.paper_row(module.build_parser().parse_args([]))[1][20] == 97.0
+  model = module.build_model(args, num_classes=5)
+  assert model.num_classes == 5 and model.fast_only_output
+  assert not module.build_model(args).fast_only_output
+  assert module.build_model(args).embedding_loss == "auto"
+
+
+def test_experiment_eval_only_needs_a_run(tmp_path, capsys):
+  with pytest.raises(SystemExit) as e:
+    experiment().main(["--workdir", str(tmp_path), "--eval-only"])
+  assert e.value.code == 2 and "train a run" in capsys.readouterr().err
+  (tmp_path / "config.json").write_text(json.dumps({"num_classes": 5, "embedding_loss": "contrastive"}))
+  with pytest.raises(SystemExit) as e:  # a run of the earlier, rescaled fast weights
+    experiment().main(["--workdir", str(tmp_path), "--eval-only"])
+  assert e.value.code == 2 and "earlier MetaNet" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("flags", [["--num-classes", "7"], ["--batch-size", "0"],
                                    ["--ablate", "everything"], ["--max-minutes", "-1"],
-                                   ["--steps", "two"]])
+                                   ["--steps", "two"], ["--test-num-classes", "1"],
+                                   ["--test-num-classes", "5,x"], ["--train-split", "nope"],
+                                   ["--test-split", "images_evaluation"],
+                                   ["--embedding-loss", "triplet"], ["--eval-only", "--resume"]])
 def test_experiment_bad_flags_exit_2(flags, capsys):
   main = experiment().main
   with pytest.raises(SystemExit) as e:
