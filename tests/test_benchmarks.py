@@ -325,3 +325,13 @@ def test_time_to_accuracy_first_evaluation_at_or_above_the_paper(tmp_path):
   with pytest.raises(SystemExit) as e:
     tta.main(["--workdir", str(tmp_path / "missing")])
   assert e.value.code == 2
+
+
+def test_mann_step_benchmark_quick(tmp_path):
+  """The previous and the current MANN step compute the same first loss; the report is written."""
+  from benchmarks import mann_step
+  rows = mann_step.main(["--quick", "--variants", "previous,current", "--out", str(tmp_path)])
+  assert [r["variant"] for r in rows] == ["previous", "current"]
+  assert all(r["first_loss"] == pytest.approx(rows[0]["first_loss"], rel=1e-5) for r in rows)
+  assert all(r["ms_per_step"] > 0 for r in rows)
+  assert (tmp_path / "mann_step.md").exists()

@@ -98,6 +98,45 @@ def test_single_step_matches_numpy_paper_equations(small_params, write):
   assert int(new.step) == 1
 
 
+def _plain_lrua_step(memory, usage, w_prev, keys, adds, alpha, decay):
+  """The LRUA step in plain jax.numpy (autodiff's gradients are the reference)."""
+  r = w_prev.shape[0]
+  order = jnp.argsort(jax.lax.stop_gradient(usage), stable=True)
+  w_lu = jnp.zeros_like(usage).at[order[:r]].set(1.0)
+  clear = jnp.zeros_like(usage).at[order[0]].set(1.0)
+  g = jax.nn.sigmoid(alpha)[:, None]
+  w_w = g * w_prev + (1 - g) * w_lu
+  m = memory * (1 - clear)[:, None] + w_w.T @ adds
+  cos = (keys @ m.T) / (jnp.sqrt(jnp.sum(keys ** 2, 1) + 1e-8)[:, None] * jnp.sqrt(jnp.sum(m ** 2, 1) + 1e-8))
+  w_r = jax.nn.softmax(cos, axis=-1)
+  return m, decay * usage + w_r.sum(0) + w_w.sum(0), w_r, w_w, w_r @ m
+
+
+def test_lrua_step_hand_written_backward_equals_autodiff():
+  """lrua_step's custom VJP == autodiff of the plain equations, and == finite differences."""
+  from jax.test_util import check_grads
+  from memjax.mann import lrua_step
+  n, m, r = 16, 8, 3
+  rng = np.random.default_rng(1)
+  args = (jnp.asarray(rng.normal(size=(n, m)), jnp.float32),
+          jnp.asarray(rng.permutation(n) * 0.3 + rng.uniform(0, 0.1, n), jnp.float32),
+          jnp.asarray(_np_softmax(rng.normal(size=(r, n)) * 2), jnp.float32),
+          jnp.tanh(jnp.asarray(rng.normal(size=(r, m)), jnp.float32)),
+          jnp.tanh(jnp.asarray(rng.normal(size=(r, m)), jnp.float32)),
+          jnp.asarray(rng.normal(size=(r,)), jnp.float32), jnp.float32(0.95))
+  cot = tuple(jnp.asarray(rng.normal(size=o.shape), jnp.float32) for o in _plain_lrua_step(*args))
+  with jax.default_matmul_precision("highest"):
+    out, vjp = jax.vjp(lrua_step, *args)
+    want_out, want_vjp = jax.vjp(_plain_lrua_step, *args)
+    got, want = vjp(cot), want_vjp(cot)
+  for a, b in zip(out, want_out):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+  for a, b in zip(got, want):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+  check_grads(lambda *a: lrua_step(*a, jnp.float32(0.95)), args[:6], order=1, modes=["rev"],
+              atol=5e-2, rtol=5e-2, eps=1e-3)
+
+
 def test_initial_state_breaks_symmetry():
   cell = MANNCell(**SMALL)
   carry = cell.initialize_carry(jax.random.key(0), (3, 4))
