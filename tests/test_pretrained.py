@@ -69,7 +69,7 @@ def test_round_trip_from_a_trained_run_gives_the_same_logits(tiny_copy_run, tmp_
   assert c["run_config"]["controller_features"] == 8
   for key in ("split", "image_size", "num_classes"):
     assert key in c
-  # Found by name through $MEMJAX_PRETRAINED_PATH, after the package's own models.
+  # Found by name through $MEMJAX_PRETRAINED_PATH, which comes before the package's own models.
   monkeypatch.setenv(pretrained.PATH_ENV, str(tmp_path / "reg"))
   assert "tiny-copy" in pretrained.available()
   again = pretrained.load("tiny-copy")
@@ -173,6 +173,10 @@ def test_available_lists_only_models_with_both_files(tiny_registry, monkeypatch)
   names = pretrained.available()
   assert "tiny-ntm" in names and "half" not in names
   assert set(SHIPPED) <= set(names)
+  # $MEMJAX_PRETRAINED_PATH comes first: a model exported under a shipped name shadows it.
+  for ext in ("json", "npz"):
+    shutil.copy(tiny_registry / f"tiny-ntm.{ext}", tiny_registry / f"ntm-copy.{ext}")
+  assert pretrained.path_of("ntm-copy") == tiny_registry / "ntm-copy.json"
 
 
 def test_module_description_records_every_attribute_generically():

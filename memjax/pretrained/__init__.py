@@ -13,7 +13,7 @@ of the ``.npz`` (checked on every load), and what it reproduces: the paper's
 table and row, the data split, image size, number of classes, the training
 command, steps/episodes trained, the measured results, the date and the
 hardware. :func:`available` lists only what is on disk; directories in
-``$MEMJAX_PRETRAINED_PATH`` (``os.pathsep``-separated) are searched after the
+``$MEMJAX_PRETRAINED_PATH`` (``os.pathsep``-separated) are searched before the
 package's, e.g. for models exported with :mod:`memjax.pretrained.export`.
 
 Calling conventions (memjax issue 13):

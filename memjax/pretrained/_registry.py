@@ -41,7 +41,7 @@ from flax import traverse_util
 FORMAT_VERSION = 1
 # Shipped models: memjax/pretrained/models/NAME.{json,npz} (package data).
 PACKAGE_DIR = Path(__file__).resolve().parent / "models"
-# Extra registry directories (os.pathsep-separated), searched after the package's.
+# Extra registry directories (os.pathsep-separated), searched before the package's.
 PATH_ENV = "MEMJAX_PRETRAINED_PATH"
 _NAME = re.compile(r"^[a-z0-9][a-z0-9-]*$")
 _SEP = "/"
@@ -76,10 +76,11 @@ class PretrainedFileError(ValueError):
 
 
 def search_path() -> list[Path]:
-  """The registry directories searched by :func:`load`: the package's own
-  (``memjax/pretrained/models``), then those in ``$MEMJAX_PRETRAINED_PATH``."""
+  """The registry directories searched by :func:`load`, first match wins: those
+  in ``$MEMJAX_PRETRAINED_PATH`` (``os.pathsep``-separated, e.g. models you
+  exported yourself), then the package's own (``memjax/pretrained/models``)."""
   extra = [Path(p) for p in os.environ.get(PATH_ENV, "").split(os.pathsep) if p]
-  return [PACKAGE_DIR] + extra
+  return extra + [PACKAGE_DIR]
 
 
 def _index() -> dict[str, Path]:
