@@ -35,7 +35,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from memjax import training
+from memjax import evaluation, training
 from memjax import cli
 from memjax.cli import (non_negative_float, non_negative_int, positive_float, positive_int, unit_float,
                         write_json)
@@ -208,26 +208,17 @@ def main(argv=None) -> dict:
   eval_batch = min(args.eval_batch, args.eval_episodes)
   eval_chunks = math.ceil(args.eval_episodes / eval_batch)
 
-  @jax.jit
-  def eval_chunk(p, chunk):
-    ep = episodes_lib.sample_mann_episodes(jax.random.fold_in(eval_key, chunk), test_images,
-                                           batch_size=eval_batch, **sample_kw)
-    logits = apply(p, ep.inputs)
-    correct, total = per_instance_counts(logits, ep.targets, ep.instance, args.label_mode, instances)
-    return correct, total, mann_loss(logits, ep.targets, args.label_mode)
-
+  test_eval = evaluation.mann_evaluator(apply, test_images, num_episodes=args.eval_episodes,
+                                        batch_size=args.eval_batch, instances=instances,
+                                        key=eval_key, **sample_kw)
   eval_seconds = [0.0]
 
   def evaluate(p) -> dict:
     t0 = time.perf_counter()
-    correct, total, loss = 0.0, 0.0, 0.0
-    for c in range(eval_chunks):
-      cc, tt, ll = eval_chunk(p, c)
-      correct, total, loss = correct + np.asarray(cc), total + np.asarray(tt), loss + float(ll)
+    acc, loss = test_eval(p)
     eval_seconds[0] += time.perf_counter() - t0
-    acc = correct / np.maximum(total, 1.0)
     out = {f"eval_acc_{name}": float(acc[i]) for i, name in enumerate(names)}
-    out["eval_loss"] = loss / eval_chunks
+    out["eval_loss"] = loss
     return out
 
   def eval_fn(p, step):

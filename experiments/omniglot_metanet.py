@@ -50,7 +50,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from memjax import training
+from memjax import evaluation, training
+from memjax.evaluation import episode_metrics, mean_ci95  # noqa: F401 (used here and by importers)
 from memjax import cli
 from memjax.cli import non_negative_int, positive_float, positive_int, write_json
 from memjax.data import load, sample_few_shot
@@ -178,46 +179,14 @@ def build_model(args, num_classes: int | None = None) -> MetaNet:
                  or k != args.num_classes)
 
 
-def episode_metrics(model, params, episodes):
-  """Mean loss, mean accuracy and [B] per-episode accuracies of a batch of episodes."""
-  logits = jax.vmap(model.apply, in_axes=(None, 0, 0, 0))(
-      params, episodes.support, episodes.support_labels, episodes.query)  # [B, NQ, N]
-  labels = episodes.query_labels
-  loss = -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(logits), labels[..., None], -1))
-  per_episode = jnp.mean(jnp.argmax(logits, -1) == labels, axis=-1)
-  return loss, jnp.mean(per_episode), per_episode
-
-
 def make_evaluator(model, images, args, chunk: int = 4, num_classes: int | None = None):
-  """``evaluate(params, num_episodes, key) -> [E] accuracies`` over test episodes.
-
-  Test episodes are not rotated (the paper and the authors' test generator).
-  Episodes are drawn ``chunk`` at a time from ``fold_in(key, i)`` (one
-  compilation), so the set of episodes depends only on the key.
-  """
+  """``evaluate(params, num_episodes, key) -> [E] accuracies`` over test episodes
+  (:func:`memjax.evaluation.few_shot_evaluator`: not rotated, ``chunk`` episodes
+  per compiled call from ``fold_in(key, i)``)."""
   n = args.num_classes if num_classes is None else num_classes
-
-  @jax.jit
-  def run_chunk(params, key):
-    ep = sample_few_shot(key, images, batch_size=chunk, num_classes=n,
-                         num_support=NUM_SUPPORT, num_query=args.num_query, rotate=False)
-    return episode_metrics(model, params, ep)[2]
-
-  def evaluate(params, num_episodes, key, progress=False):
-    from tqdm.auto import tqdm
-    n_chunks = -(-num_episodes // chunk)
-    accs = [run_chunk(params, jax.random.fold_in(key, i))
-            for i in tqdm(range(n_chunks), disable=not progress, desc="eval", leave=False)]
-    return np.concatenate([np.asarray(a) for a in accs])[:num_episodes]
-
-  return evaluate
-
-
-def mean_ci95(acc: np.ndarray) -> tuple[float, float]:
-  """Mean and 95% normal-approximation half-width (1.96 · s / √E), in %."""
-  mean = float(np.mean(acc)) * 100
-  half = float(1.96 * np.std(acc, ddof=1) / np.sqrt(len(acc))) * 100 if len(acc) > 1 else float("nan")
-  return mean, half
+  return evaluation.few_shot_evaluator(model, images, num_classes=n, num_query=args.num_query,
+                                       num_support=NUM_SUPPORT, chunk=chunk, rotate=False,
+                                       sampler=sample_few_shot)
 
 
 def comparison_table(n: int, mean: float, half: float, args) -> str:

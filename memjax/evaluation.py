@@ -177,7 +177,8 @@ def episode_metrics(model, params, episodes) -> tuple[jax.Array, jax.Array, jax.
 
 
 def few_shot_evaluator(model, images: jax.Array, *, num_classes: int, num_query: int,
-                       num_support: int = 1, chunk: int = 4, rotate: bool = False):
+                       num_support: int = 1, chunk: int = 4, rotate: bool = False,
+                       sampler: Callable | None = None):
   """``evaluate(params, num_episodes, key, progress=False) -> [E] accuracies`` over test episodes.
 
   Episodes are drawn ``chunk`` at a time from ``fold_in(key, i)`` (one
@@ -192,12 +193,14 @@ def few_shot_evaluator(model, images: jax.Array, *, num_classes: int, num_query:
     chunk: episodes per compiled call.
     rotate: rotate each class by a random multiple of 90°; test episodes are
       not rotated (the paper and the authors' test generator; training episodes are).
+    sampler: the episode sampler, :func:`memjax.data.sample_few_shot` by default.
   """
-  from memjax.data import sample_few_shot
+  if sampler is None:
+    from memjax.data import sample_few_shot as sampler
 
   @jax.jit
   def run_chunk(params, key):
-    ep = sample_few_shot(key, images, batch_size=chunk, num_classes=num_classes,
+    ep = sampler(key, images, batch_size=chunk, num_classes=num_classes,
                          num_support=num_support, num_query=num_query, rotate=rotate)
     return episode_metrics(model, params, ep)[2]
 
