@@ -44,6 +44,7 @@ from memjax.data import omniglot
 from memjax.mann import WRITE_MODES, LSTMCell, MANNCell, mann_loss, per_instance_counts, unroll
 
 INSTANCES = (1, 2, 3, 4, 5, 10)
+DEFAULT_LR = {"rmsprop": 1e-4, "adam": 1e-3}
 INSTANCE_NAMES = {1: "1st", 2: "2nd", 3: "3rd", 4: "4th", 5: "5th", 10: "10th"}
 # Santoro et al. 2016, accuracy (%) at instance 1, 2, 3, 4, 5, 10.
 PAPER = {
@@ -71,7 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--optimizer", choices=["rmsprop", "adam"], default="rmsprop",
                  help="'rmsprop' is the paper's (centred, decay 0.95, momentum 0.9; lr 1e-4)")
   p.add_argument("--lr", type=positive_float, default=None,
-                 help="learning rate (default: 1e-4 rmsprop, 1e-3 adam)")
+                 help="learning rate (default: 1e-4 rmsprop, 1e-3 adam); a new value with --resume "
+                      "applies from the checkpoint on (recorded in config.json's lr_history)")
   p.add_argument("--clip", type=positive_float, default=10.0, help="clip gradient components to ±clip")
   p.add_argument("--episodes", type=positive_int, default=1_600_000,
                  help="total training episodes (steps × batch size), counting resumed ones")
@@ -163,15 +165,24 @@ def main(argv=None) -> dict:
   os.makedirs(args.workdir, exist_ok=True)
   config = {k: v for k, v in vars(args).items() if k not in ("resume", "no_progress", "no_plots")}
   config_path = os.path.join(args.workdir, "config.json")
+  lr_of = lambda c: c["lr"] if c.get("lr") is not None else DEFAULT_LR[c["optimizer"]]
+  config["lr_history"] = [[0, lr_of(config)]]  # [step, learning rate] from that step on
   if args.resume and os.path.exists(config_path):
     with open(config_path) as f:
       old = json.load(f)
-    keys = ("model", "label_mode", "num_classes", "samples_per_class", "batch_size", "optimizer", "lr",
+    keys = ("model", "label_mode", "num_classes", "samples_per_class", "batch_size", "optimizer",
             "seed", "memory_size", "word_size", "read_heads", "controller_features", "usage_decay",
             "write", "max_shift", "max_rotation", "image_size", "train_split")
     changed = {k for k in keys if old.get(k) != config.get(k)}
     if changed:
       parser.error(f"--resume with a different configuration than {config_path}: {sorted(changed)}")
+    # A new --lr on resume is a step of a piecewise-constant schedule (the optimiser state is the
+    # same for any constant rate); the history records each rate and the step it started at.
+    config["lr_history"] = [list(x) for x in old.get("lr_history", [[0, lr_of(old)]])]
+    if lr_of(config) != config["lr_history"][-1][1]:
+      step = _latest_checkpoint_step(args.workdir)
+      config["lr_history"] = [x for x in config["lr_history"] if x[0] < step] + [[step, lr_of(config)]]
+      print(f"learning rate from step {step} on: {lr_of(config)} (was {lr_of(old)})", flush=True)
   write_json(config_path, config)
 
   train_images = jnp.asarray(omniglot.load(args.train_split, args.image_size, args.data_dir).images)

@@ -304,15 +304,18 @@ def _load_experiment():
   return module
 
 
+def argv_of(omniglot_dir, workdir):
+  return ["--data-dir", str(omniglot_dir), "--train-split", "small1", "--test-split", "small1",
+          "--batch-size", "2", "--eval-every", "2", "--eval-episodes", "4",
+          "--eval-batch", "2", "--memory-size", "8", "--word-size", "4", "--read-heads", "2",
+          "--controller-features", "8", "--log-every", "2", "--workdir", str(workdir), "--no-progress",
+          "--no-plots", "--optimizer", "adam", "--episodes", "8"]
+
+
 def test_experiment_smoke(omniglot_dir, tmp_path):
   exp = _load_experiment()
   workdir = tmp_path / "run"
-  results = exp.main([
-      "--data-dir", str(omniglot_dir), "--train-split", "small1", "--test-split", "small1",
-      "--episodes", "8", "--batch-size", "2", "--eval-every", "2", "--eval-episodes", "4",
-      "--eval-batch", "2", "--memory-size", "8", "--word-size", "4", "--read-heads", "2",
-      "--controller-features", "8", "--log-every", "2", "--workdir", str(workdir), "--no-progress",
-      "--no-plots", "--optimizer", "adam"])
+  results = exp.main(argv_of(omniglot_dir, workdir))
   saved = json.loads((workdir / "results.json").read_text())
   assert saved["episodes_trained"] == 8 == results["episodes_trained"]
   assert set(saved["per_instance_accuracy"]) == {"1st", "2nd", "3rd", "4th", "5th", "10th"}
@@ -321,6 +324,16 @@ def test_experiment_smoke(omniglot_dir, tmp_path):
   assert saved["episodes_per_hour"] > 0
   records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
   assert any("eval_acc_1st" in r for r in records)
+  # Resume with a lower learning rate: a step of the schedule, recorded; training time adds up.
+  argv = argv_of(omniglot_dir, workdir)[:-2]  # without "--episodes 8"
+  exp.main(argv + ["--episodes", "12", "--resume", "--lr", "1e-4"])
+  config = json.loads((workdir / "config.json").read_text())
+  assert config["lr_history"] == [[0, 1e-3], [4, 1e-4]]
+  records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+  train_s = [r["train_seconds"] for r in records if "train_seconds" in r]
+  assert len(train_s) == 3 and train_s == sorted(train_s)
+  with pytest.raises(SystemExit):  # another model on resume is refused
+    exp.main(argv + ["--episodes", "12", "--resume", "--write", "key"])
 
 
 @pytest.mark.parametrize("argv", [["--model", "gru"], ["--batch-size", "0"], ["--lr", "-1"],
