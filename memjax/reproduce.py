@@ -72,6 +72,7 @@ class Table:
   rows: tuple[Row, ...]
   paper: dict = field(default_factory=dict)  # row label -> {column: value}
   note: str = ""
+  episodes: dict = field(default_factory=dict)  # MetaNet: K -> test episodes per model (default)
 
 
 def _cols(labels, values):
@@ -141,7 +142,7 @@ TABLES: dict[str, Table] = {t.key: t for t in (
            Row("metanet-omniglot-20way", "memjax MetaNet, trained 20-way", "omniglot_metanet",
                ("--num-classes", "20", "--max-minutes", "43", "--eval-every", "100", "--curve-episodes",
                 "20", "--checkpoint-every", "25"), (20,))),
-          PAPER["metanet-table1"]),
+          PAPER["metanet-table1"], episodes={5: 100, 20: 32}),
     Table("metanet-table3", "Omniglot N-way 1-shot accuracy (%), standard split: 964 background / "
           "659 evaluation characters (Munkhdalai & Yu 2017, Table 3)", "metanet", WAY_COLUMNS,
           (Row("metanet-omniglot-standard-20way", "memjax MetaNet, trained 20-way (background)",
@@ -149,7 +150,7 @@ TABLES: dict[str, Table] = {t.key: t for t in (
                ("--num-classes", "20", "--train-split", "background", "--test-split", "evaluation",
                 "--max-minutes", "60", "--eval-every", "100", "--curve-episodes", "20",
                 "--checkpoint-every", "25", "--eval-episodes", "400"), (5, 10, 15, 20)),),
-          PAPER["metanet-table3"]),
+          PAPER["metanet-table3"], episodes={5: 80, 10: 32, 15: 16, 20: 12}),
     Table("metanet-table4", "Omniglot: MetaNet trained N-way, tested K-way, accuracy (%) "
           "(Munkhdalai & Yu 2017, Table 4)", "metanet", WAY_COLUMNS,
           (Row("metanet-omniglot-5way", "memjax MetaNet trained 5-way", "omniglot_metanet",
@@ -160,15 +161,17 @@ TABLES: dict[str, Table] = {t.key: t for t in (
                 "20", "--checkpoint-every", "25"), (5, 10, 15, 20))),
           PAPER["metanet-table4"],
           "K ≠ N: the N-way-trained variables with a K-way softmax layer of fast weights only "
-          "(memjax.pretrained.load(name, num_classes=K))."),
+          "(memjax.pretrained.load(name, num_classes=K)).",
+          episodes={5: 40, 10: 12, 15: 8, 20: 4}),
 )}
 
-# Evaluation sizes. Full: the experiments' protocols (1,000 sequences per length, 1,000 MANN
-# episodes); MetaNet fewer than the experiment's 1,000 so that a table stays within ~5 minutes
-# on 2 CPU cores (a 5-way episode costs ~1.4 s there); --episodes overrides.
+# Evaluation sizes. Copy and MANN: the experiments' protocols (1,000 sequences per length,
+# 1,000 episodes). MetaNet: fewer than the experiment's 1,000 (Table 3: 400), per table
+# (Table.episodes), so that a table evaluates within ~5 minutes on 2 CPU cores — measured under
+# load: 0.49 s per 5-way and 2.8 s per 20-way episode of the authors' model, 14 s / 33 s to
+# compile (cold cache). --episodes N gives the full protocol (on an accelerator).
 FULL_SEQUENCES = 1000
 FULL_MANN_EPISODES = 1000
-FULL_METANET_EPISODES = {5: 100, 10: 40, 15: 20, 20: 12}
 QUICK_SEQUENCES = 40
 QUICK_MANN_EPISODES = 32
 QUICK_METANET_EPISODES = 4
@@ -270,7 +273,7 @@ def _eval_mann(pre, args) -> dict:
           "test_split": cfg.get("test_split", "test")}
 
 
-def _eval_metanet(pre, row: Row, args, loader) -> dict:
+def _eval_metanet(pre, table: Table, row: Row, args, loader) -> dict:
   import jax
 
   from memjax import evaluation
@@ -287,7 +290,7 @@ def _eval_metanet(pre, row: Row, args, loader) -> dict:
     model = pre if k == trained else loader(num_classes=k)
     evaluate = evaluation.few_shot_evaluator(model.model, images, num_classes=k,
                                              num_query=int(cfg.get("num_query", 10)))
-    e = args.episodes or (QUICK_METANET_EPISODES if args.quick else FULL_METANET_EPISODES[k])
+    e = args.episodes or (QUICK_METANET_EPISODES if args.quick else table.episodes[k])
     acc = evaluate(model.variables, e, jax.random.fold_in(key, 2 if k == trained else 100 + k),
                    progress=not args.no_progress)
     measured[col], ci95[col] = evaluation.mean_ci95(acc)
@@ -539,7 +542,7 @@ def run(args) -> dict:
     elif table.kind == "mann":
       r = _eval_mann(pre, args)
     else:
-      r = _eval_metanet(pre, row, args, lambda **o: pretrained.load_file(path, **o))
+      r = _eval_metanet(pre, table, row, args, lambda **o: pretrained.load_file(path, **o))
     r.update(name=row.name, label=row.label, source=str(path), seconds=time.perf_counter() - t0,
              steps=pre.config.get("steps"), train_command=pre.config.get("train_command"),
              trained_on=pre.config.get("hardware"), trained_date=pre.config.get("date"))

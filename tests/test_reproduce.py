@@ -75,6 +75,7 @@ def test_every_table_names_real_experiments_and_the_papers_rows():
       module = export.load_experiment(row.script, experiments)
       module.build_parser().parse_args(list(row.recipe))  # the recipe's flags exist
       assert all(f"{k}-way" in table.columns for k in row.ways)
+      assert set(row.ways) <= set(table.episodes)  # a default evaluation size for every K
 
 
 @pytest.mark.slow
