@@ -78,17 +78,18 @@ def write_heads(memory: jax.Array, weights: jax.Array, erase: jax.Array, add: ja
   return memory * keep + weights.T @ add
 
 
-def lrua_write(memory: jax.Array, weights: jax.Array, keys: jax.Array,
+def lrua_write(memory: jax.Array, weights: jax.Array, adds: jax.Array,
                least_used_prev: jax.Array) -> jax.Array:
   """LRUA write (Santoro et al. 2016, §3).
 
   Before writing, the least-used slot from the previous step is set to zero;
-  then M_t[i] = M_{t−1}[i] + Σ_h w^w_{h,t}[i] k_{h,t}.
+  then M_t[i] = M_{t−1}[i] + Σ_h w^w_{h,t}[i] a_{h,t}.
 
   Args:
     memory: [N, M] memory M_{t−1}.
     weights: [H, N] write weightings w^w_t, one row per head.
-    keys: [H, M] the keys written, one per head.
+    adds: [H, M] the vectors written, one per head: the add vectors a_t (as
+      snowkylin/ntm and tristandeleu/ntm-one-shot) or the paper's keys k_t.
     least_used_prev: [N] indicator of the slots to clear (from
       :func:`memjax.addressing.least_used` on the previous usage, with n = 1 in
       the paper).
@@ -99,7 +100,7 @@ def lrua_write(memory: jax.Array, weights: jax.Array, keys: jax.Array,
   memory = _checks.check_shape("memory", memory, (None, None))
   n, m = memory.shape
   weights = _checks.check_shape("weights", weights, (None, n))
-  keys = _checks.check_shape("keys", keys, (weights.shape[0], m))
+  adds = _checks.check_shape("adds", adds, (weights.shape[0], m))
   least_used_prev = _checks.check_shape("least_used_prev", least_used_prev, (n,))
   cleared = memory * (1.0 - least_used_prev)[:, None]
-  return cleared + weights.T @ keys
+  return cleared + weights.T @ adds

@@ -421,7 +421,7 @@ def _good_args():
       "read": dict(memory=z(n, m), weights=z(n)),
       "write": dict(memory=z(n, m), weights=z(n), erase=z(m), add=z(m)),
       "write_heads": dict(memory=z(n, m), weights=z(h, n), erase=z(h, m), add=z(h, m)),
-      "lrua_write": dict(memory=z(n, m), weights=z(h, n), keys=z(h, m), least_used_prev=z(n)),
+      "lrua_write": dict(memory=z(n, m), weights=z(h, n), adds=z(h, m), least_used_prev=z(n)),
   }
 
 
@@ -445,8 +445,8 @@ _BAD_SHAPES = [
     ("write_heads", "add", (3,), "axes"),
     ("lrua_write", "memory", (5,), "axes"),
     ("lrua_write", "weights", (2, 6), "[?, 5]"),
-    ("lrua_write", "keys", (1, 3), "[2, 3]"),
-    ("lrua_write", "keys", (2, 5), "[2, 3]"),
+    ("lrua_write", "adds", (1, 3), "[2, 3]"),
+    ("lrua_write", "adds", (2, 5), "[2, 3]"),
     ("lrua_write", "least_used_prev", (4,), "[5]"),
     ("lrua_write", "least_used_prev", (5, 1), "axes"),
 ]
