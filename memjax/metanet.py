@@ -542,6 +542,11 @@ def _support_grads(params: Params, features, images: jax.Array, labels: jax.Arra
   Returns:
     dict of [S, layer shape] gradients, ``fc2`` included.
   """
+  with jax.named_scope("support_grads"):
+    return _support_grads_unscoped(params, features, images, labels, num_classes, fast_only)
+
+
+def _support_grads_unscoped(params, features, images, labels, num_classes, fast_only):
   if not fast_only:
     def loss(p, x, y):
       return _cross_entropy(features(p, x) @ p["fc2"], y)
@@ -789,8 +794,9 @@ class MetaNet(nn.Module):
         logit = self.contrastive_scale * addressing.cosine_similarity(r1[None], r2)[0]
         return jnp.where(same, jax.nn.softplus(-logit), jax.nn.softplus(logit))
 
-      grads = jax.vmap(jax.grad(loss), in_axes=(None, 0, 0, 0))(
-          q, sx, sx[partner], sy == sy[partner])
+      with jax.named_scope("support_grads"):
+        grads = jax.vmap(jax.grad(loss), in_axes=(None, 0, 0, 0))(
+            q, sx, sx[partner], sy == sy[partner])
     else:
       q = self._slow("embedding", head=True)
       grads = _support_grads(q, _embedding_hidden, sx, sy, self.num_classes,
@@ -805,7 +811,8 @@ class MetaNet(nn.Module):
       chunk_grads = {n: jnp.tensordot(avg, grads[n], axes=1) for n in names}  # [T, ...]
       flat = jax.vmap(lambda g: ravel_pytree(g)[0])(chunk_grads)  # [T, P]
       _, unravel = ravel_pytree({n: q[n] for n in names})
-      fast.update(unravel(lstm_apply(self.meta_task[group], preprocess_gradients(flat))))
+      with jax.named_scope("meta_learner_d"):
+        fast.update(unravel(lstm_apply(self.meta_task[group], preprocess_gradients(flat))))
     return fast
 
   def example_fast_weights(self, support_images: jax.Array, support_labels: jax.Array) -> Params:
@@ -825,12 +832,15 @@ class MetaNet(nn.Module):
     w = self._slow("base", head=True)
     grads = self._meta_info(_support_grads(w, _hidden, sx, sy, self.num_classes,
                                            self.fast_only_output))
-    return jax.vmap(lambda g: _generate(self.meta_example, g, self._groups_base, mlp_apply))(grads)
+    with jax.named_scope("meta_learner_m"):
+      return jax.vmap(lambda g: _generate(self.meta_example, g, self._groups_base, mlp_apply))(
+          grads)
 
   def representations(self, images: jax.Array, task_fast: Params | None) -> jax.Array:
     """r = u(Q, Q*, x) for [n, H, W, C] images → [n, hidden]."""
     q = self._slow("embedding", head=False)
-    return jax.vmap(lambda x: embed(q, task_fast, x))(images)
+    with jax.named_scope("representations"):
+      return jax.vmap(lambda x: embed(q, task_fast, x))(images)
 
   def _memory(self, support_images, support_labels):
     task_fast = (self.task_fast_weights(support_images, support_labels)
@@ -862,7 +872,8 @@ class MetaNet(nn.Module):
       a = jax.nn.softmax(addressing.cosine_similarity(keys, r))
       return net_logit_parts(base, {n: MixedWeights(v, a) for n, v in values.items()}, x)
 
-    return jax.vmap(classify)(qx, query_keys)
+    with jax.named_scope("base_learner"):
+      return jax.vmap(classify)(qx, query_keys)
 
   def logit_parts(self, support_images: jax.Array, support_labels: jax.Array,
                   query_images: jax.Array) -> tuple[jax.Array, jax.Array]:
