@@ -1,0 +1,467 @@
+"""MetaNet train step: the previous implementation against the current one and candidate variants.
+
+Issue 12 asks for an episode ≥ 2.5× faster at 5-way and at 20-way than the
+implementation before the speed work, measured side by side in one run,
+without changing the model's mathematics. This harness:
+
+* builds the jitted ``jax.value_and_grad`` of the mean query cross-entropy of
+  one synthetic N-way 1-shot episode (sparse binary 28×28 images, 10 queries
+  per class) for each variant, from one set of variables;
+* checks that every variant's loss and gradients equal the reference's
+  (max relative difference per parameter leaf, float32 tolerance);
+* reports XLA's work per step — FLOPs of the dots and convolutions and the
+  bytes of every top-level instruction's operands and result, **with loop
+  bodies multiplied by their trip counts** (``cost_analysis()`` counts a loop
+  body once, which hides 4/5 of the coordinate-wise LSTM) — in total and per
+  part of the model (the ``jax.named_scope`` names in :mod:`memjax.metanet`);
+* times the compiled steps in alternating rounds (reference, v1, v2, …,
+  reference, …) and gives median ms/step and the speed relative to the
+  reference (``--no-timing`` skips it).
+
+Variants (each computes the same function; the test checks it):
+
+* ``reference``: :mod:`benchmarks.reference.metanet_v1`, the frozen
+  implementation before the speed work (commit 83a9a9e);
+* ``current``: :class:`memjax.metanet.MetaNet` as it is;
+* ``im2col_support``: the per-support-example loss gradients (the meta
+  information) through im2col convolutions, so that ``vmap(grad)`` gives
+  batched matmuls instead of the grouped convolutions (``feature_group_count``
+  = S) XLA makes of per-example kernel gradients;
+* ``im2col_all``: every convolution (support, keys, queries' slow branch) as
+  patches @ kernel matmuls, sharing the query patches between the slow and the
+  mixed fast branch;
+* ``lstm_no_remat``: the coordinate-wise LSTM d without ``jax.checkpoint`` on
+  its step (saves its gates instead of recomputing them: −2.7 GFLOP);
+* ``combined``: ``im2col_all`` and ``lstm_no_remat``.
+
+    python -m benchmarks.metanet_step --ways 5,20 --rounds 3 --out runs/bench_metanet_step
+    python -m benchmarks.metanet_step --ways 5,20 --no-timing --profile   # work per part only
+
+Run it on a quiet machine: the timed rounds of the variants alternate, so a
+load that changes slowly affects them alike, but a loaded machine makes every
+figure noisy.
+
+Where the work is (``--no-timing --profile``, 2026-11-30, JAX 0.10.2 CPU; the
+default model, first order, value_and_grad of one episode, 10 queries per
+class; GFLOP of dots and convolutions and GB of operands + results, loop bodies
+× trip count):
+
+=========================================  ===============  ===============
+part                                        5-way GFLOP / GB  20-way GFLOP / GB
+=========================================  ===============  ===============
+d, coordinate-wise LSTM over 148k coords     10.5 / 9.8        10.5 / 9.8
+m, coordinate-wise MLP over S × 152k coords   2.0 / 1.5         7.9 / 6.0
+embedding u on S + NQ images (keys)           6.5 / 0.2        26.0 / 0.9
+base learner b on the NQ queries              5.2 / 0.8        23.7 / 3.3
+support-loss gradients (meta information)     0.4 / 0.1         1.6 / 0.2
+other (loss, grouped weight-gradient convs)   1.4 / 0.9         5.6 / 2.9
+total                                        26.0 / 13.4       75.2 / 23.1
+=========================================  ===============  ===============
+
+* XLA's ``cost_analysis()`` gives 17.0 / 64.7 GFLOP because it counts the
+  LSTM's 5-step loop once; with the loop counted the step at 0.70 s / 3.17 s
+  (issue 12's quiet-machine figures) runs at 37 / 24 GFLOP/s, i.e. ~43% / 28%
+  of the 86 GFLOP/s fp32 matmul peak measured in the README, not 8–20%.
+* At 5-way the step is bound by memory traffic: 13.4 GB in 0.70 s is ~19 GB/s,
+  and three quarters of the bytes are the coordinate-wise LSTM d (its [80, P]
+  gate arrays, P = 148k, written and read at every step, forward, recomputed
+  under ``jax.checkpoint`` and backward). Without the checkpoint
+  (``lstm_no_remat``) it does 2.7 GFLOP less but moves ~10 GB more.
+* At 20-way two thirds of the FLOPs are the convolutions of the embedding net
+  (220 images, slow and Q* branches) and of the base learner on the 200
+  queries (slow branch and the retrieved fast kernels as im2col matmuls).
+* The per-example kernel gradients of the meta information become grouped
+  convolutions (``feature_group_count`` = S, 10 of them); ``im2col_support``
+  turns them into batched matmuls.
+* Bounds: at the matmul peak the same FLOPs take ≥ 0.30 s (5-way) and ≥ 0.87 s
+  (20-way), so ≥ 2.5× over 0.70 s / 3.17 s needs ~93 / ~59 GFLOP/s sustained
+  over the whole step; the 5-way target is above the peak, so it is out of
+  reach without doing less work (which changes the model: a smaller meta
+  LSTM, fewer fast-weight coordinates, lower precision).
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import contextlib
+import re
+import statistics
+import time
+from typing import Any, Callable
+
+import numpy as np
+
+from benchmarks import common
+
+VARIANTS = ("reference", "current", "im2col_support", "im2col_all", "lstm_no_remat", "combined")
+QUICK_MODEL = dict(image_shape=(8, 8, 1), filters=4, num_blocks=2, hidden=8)
+DEFAULT_MODEL = dict(image_shape=(28, 28, 1), filters=64, num_blocks=5, hidden=64)
+# Max |g − g_ref| / max |g_ref| per parameter leaf for "the same mathematics". Float32
+# sums taken in another order differ by ~1e-6 relative (the --quick model: 5e-6), but
+# the meta information goes through log|g| and a branch at |g| = e^-7, which turns
+# such differences in a few gradient coordinates into larger ones: on the authors'
+# model at initialisation (loss ~150) the im2col variants differ by 4–5e-3.
+GRAD_RTOL = 1e-2
+
+
+# --------------------------------------------------------------------------- variants
+
+
+def _im2col_conv(x, kernel):
+  """3×3 'SAME' convolution of one image as patches @ kernel (no conv op)."""
+  from memjax import metanet
+  kh, kw, c, f = kernel.shape
+  return (metanet._patches(x, kh, kw) @ kernel.reshape(kh * kw * c, f)).reshape(*x.shape[:2], f)
+
+
+def _im2col_features(slow, x):
+  """:func:`memjax.metanet.conv_features` with slow weights only, through :func:`_im2col_conv`."""
+  from memjax import metanet
+  h, b = x, 0
+  while f"conv{b}" in slow:
+    h = metanet._max_pool(_relu(_im2col_conv(h, slow[f"conv{b}"])))
+    b += 1
+  return h.reshape(-1)
+
+
+def _relu(x):
+  import jax
+  return jax.nn.relu(x)
+
+
+def _im2col_hidden(slow, x):
+  return _relu(_im2col_features(slow, x) @ slow["fc1"])
+
+
+def _im2col_embedding_hidden(slow, x):
+  return _relu(_im2col_features(slow, x) @ slow["fc1"])
+
+
+def lstm_apply_no_remat(params, xs):
+  """:func:`memjax.metanet.lstm_apply` without ``jax.checkpoint`` on the step."""
+  import jax
+  import jax.numpy as jnp
+  hidden = params["wh"].shape[0]
+  wx, wh, b = params["wx"].T, params["wh"].T, params["b"][:, None]
+
+  def step(carry, x):
+    h, c = carry
+    z = wx @ x + wh @ h + b
+    i, f, g, o = jnp.split(z, 4, axis=0)
+    c = jax.nn.sigmoid(f) * c + jax.nn.sigmoid(i) * jnp.tanh(g)
+    h = jax.nn.sigmoid(o) * jnp.tanh(c)
+    return (h, c), None
+
+  zeros = jnp.zeros((hidden, xs.shape[1]), xs.dtype)
+  (h, _), _ = jax.lax.scan(step, (zeros, zeros), jnp.moveaxis(xs, -1, 1))
+  return (params["w_out"].T @ h + params["b_out"][:, None])[0]
+
+
+@contextlib.contextmanager
+def _patched(module, **attrs):
+  old = {k: getattr(module, k) for k in attrs}
+  for k, v in attrs.items():
+    setattr(module, k, v)
+  try:
+    yield
+  finally:
+    for k, v in old.items():
+      setattr(module, k, v)
+
+
+def variant_context(name: str):
+  """(model class, context manager active while the variant is traced)."""
+  from memjax import metanet
+  if name == "reference":
+    from benchmarks.reference import metanet_v1
+    return metanet_v1.MetaNet, contextlib.nullcontext()
+  patches = {}
+  if name == "im2col_support":
+    patches.update(_hidden=_im2col_hidden, _embedding_hidden=_im2col_embedding_hidden)
+  if name in ("im2col_all", "combined"):
+    patches.update(_conv=_im2col_conv)
+  if name in ("lstm_no_remat", "combined"):
+    patches.update(lstm_apply=lstm_apply_no_remat)
+  if name not in VARIANTS:
+    raise ValueError(f"argument `name`: expected one of {VARIANTS}, got {name!r}")
+  return metanet.MetaNet, _patched(metanet, **patches)
+
+
+# --------------------------------------------------------------------------- the step
+
+
+def episode(n: int, num_query: int, image_shape, seed: int = 0):
+  """A synthetic N-way 1-shot episode: sparse binary images, labels 0..N−1."""
+  import jax
+  import jax.numpy as jnp
+  k1, k2, k3 = jax.random.split(jax.random.key(seed), 3)
+  sx = (jax.random.uniform(k1, (n, *image_shape)) < 0.2).astype(jnp.float32)
+  qx = (jax.random.uniform(k2, (n * num_query, *image_shape)) < 0.2).astype(jnp.float32)
+  sy = jax.random.permutation(k3, jnp.arange(n, dtype=jnp.int32))
+  qy = jnp.repeat(jnp.arange(n, dtype=jnp.int32), num_query)
+  return sx, sy, qx, qy
+
+
+def build_step(name: str, n: int, num_query: int, model_kw: dict, params=None, seed: int = 0):
+  """``(compiled value_and_grad(params) -> (loss, grads), params, common.Compiled)``."""
+  import jax
+  import jax.numpy as jnp
+  cls, ctx = variant_context(name)
+  model = cls(num_classes=n, **model_kw)
+  sx, sy, qx, qy = episode(n, num_query, model_kw["image_shape"], seed)
+  if params is None:
+    params = model.init(jax.random.key(seed), sx, sy, qx)
+
+  def loss(p):
+    logits = model.apply(p, sx, sy, qx)
+    return -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(logits), qy[:, None], -1))
+
+  with ctx:
+    compiled = common.compile_fn(jax.value_and_grad(loss), params)
+  return compiled.executable, params, compiled
+
+
+def max_rel_diff(grads, ref) -> float:
+  import jax
+  diffs = [float(np.max(np.abs(np.asarray(g) - np.asarray(r))) / max(float(np.max(np.abs(r))), 1e-30))
+           for g, r in zip(jax.tree.leaves(grads), jax.tree.leaves(ref))]
+  return max(diffs)
+
+
+# --------------------------------------------------------------------------- XLA work per part
+
+_DT = {"f32": 4, "s32": 4, "u32": 4, "pred": 1, "f16": 2, "bf16": 2, "s8": 1, "u8": 1, "f64": 8,
+       "s64": 8, "u64": 8}
+_SHAPE = re.compile(r"\b(f32|s32|u32|pred|bf16|f16|s8|u8|f64|s64|u64)\[([0-9,]*)\]")
+PARTS = (("d: coordinate-wise LSTM (Q*)", "meta_learner_d"),
+         ("m: coordinate-wise MLP (W*_i)", "meta_learner_m"),
+         ("meta information: support-loss gradients", "support_grads"),
+         ("embedding u: keys r, r'", "representations"),
+         ("base learner b on the queries", "base_learner"))
+
+
+def _numel(dims: str) -> int:
+  return int(np.prod([int(d) for d in dims.split(",") if d], dtype=np.int64))
+
+
+def _part(op_name: str) -> str:
+  for label, scope in PARTS:
+    if f"/{scope}/" in op_name or op_name.endswith(f"/{scope}"):
+      return label + (" [backward]" if "transpose(" in op_name.split(scope)[0] else "")
+  return "other (loss, glue)"
+
+
+def hlo_work(hlo_text: str) -> dict[str, dict[str, float]]:
+  """Per part: FLOPs of dots/convolutions and bytes (operands + result) of the
+  top-level instructions of an optimised HLO module; while-loop bodies are
+  multiplied by their known trip counts. Bytes over-count in-place updates
+  (a dynamic-update-slice counts its whole buffer)."""
+  comps: dict[str, list[tuple]] = {}
+  shapes: dict[tuple[str, str], str] = {}
+  cur = None
+  for line in hlo_text.splitlines():
+    if line and not line.startswith(" ") and line.rstrip().endswith("{"):
+      cur = re.match(r"^(?:ENTRY )?%?([\w.\-]+)", line).group(1)
+      comps[cur] = []
+      continue
+    if cur is None or not line.startswith("  ") or " = " not in line:
+      continue
+    m = re.match(r"\s*(?:ROOT )?%?([\w.\-]+) = (.*?) ([\w\-]+)\((.*)$", line)
+    if m:
+      name, out, op, rest = m.groups()
+      shapes[(cur, name)] = out
+      comps[cur].append((name, out, op, rest, line))
+  entry = re.search(r"^ENTRY %?([\w.\-]+)", hlo_text, re.M).group(1)
+
+  def operands(c, rest):
+    return re.findall(r"%([\w.\-]+)", rest.split("), ")[0])
+
+  def flops_of(c, out, op, rest, line):
+    args = operands(c, rest)
+    out_n = sum(_numel(s) for _, s in _SHAPE.findall(out))
+    if op == "dot":
+      lhs = [int(d) for d in _SHAPE.findall(shapes[(c, args[0])])[0][1].split(",") if d]
+      lc = re.search(r"lhs_contracting_dims=\{([0-9,]*)\}", line)
+      k = int(np.prod([lhs[int(i)] for i in lc.group(1).split(",") if i])) if lc else 1
+      return 2 * out_n * k
+    kernel = [int(d) for d in _SHAPE.findall(shapes[(c, args[1])])[0][1].split(",") if d]
+    labels = re.search(r"dim_labels=\w+_(\w+)->", line).group(1)
+    return 2 * out_n * int(np.prod(kernel)) // kernel[labels.index("o")]
+
+  def fused_flops(c):
+    total = 0
+    for name, out, op, rest, line in comps.get(c, []):
+      if op in ("dot", "convolution"):
+        total += flops_of(c, out, op, rest, line)
+      for sub in re.findall(r"calls=%([\w.\-]+)", line):
+        total += fused_flops(sub)
+    return total
+
+  work: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
+
+  def visit(c, mult):
+    for name, out, op, rest, line in comps.get(c, []):
+      meta = re.search(r'op_name="([^"]*)"', line)
+      if meta is None:  # e.g. a library (YNNPACK) fusion: name it by what it fuses
+        meta = next((m for sub in re.findall(r"calls=%([\w.\-]+)", line)
+                     for *_, l in comps.get(sub, []) for m in [re.search(r'op_name="([^"]*)"', l)] if m),
+                    None)
+      part = _part(meta.group(1) if meta else "")
+      if op == "while":
+        trip = re.search(r'"known_trip_count":\{"n":"(\d+)"', line)
+        visit(re.search(r"body=%?([\w.\-]+)", line).group(1), mult * (int(trip.group(1)) if trip else 1))
+        continue
+      if op == "call":
+        for sub in re.findall(r"to_apply=%([\w.\-]+)", line):
+          visit(sub, mult)
+        continue
+      if op == "conditional":
+        for sub in re.findall(r"%([\w.\-]+)", line.split("branch_computations=")[-1].split("}")[0]):
+          visit(sub, mult)
+        continue
+      if op in ("parameter", "constant", "get-tuple-element", "tuple", "bitcast"):
+        continue
+      nbytes = sum(_numel(s) * _DT[d] for d, s in _SHAPE.findall(out))
+      nbytes += sum(_numel(s) * _DT[d] for a in operands(c, rest)
+                    for d, s in _SHAPE.findall(shapes.get((c, a), "")))
+      work[part]["bytes"] += mult * nbytes
+      if op in ("dot", "convolution"):
+        work[part]["flops"] += mult * flops_of(c, out, op, rest, line)
+      for sub in re.findall(r"calls=%([\w.\-]+)", line):
+        work[part]["flops"] += mult * fused_flops(sub)
+      if "feature_group_count=" in line or any(
+          "feature_group_count=" in l for sub in re.findall(r"calls=%([\w.\-]+)", line)
+          for *_, l in comps.get(sub, [])):
+        work[part]["grouped_convs"] += mult
+
+  visit(entry, 1)
+  return {k: dict(v) for k, v in work.items()}
+
+
+def work_table(work: dict[str, dict[str, float]]) -> str:
+  total_f = sum(v.get("flops", 0) for v in work.values())
+  total_b = sum(v.get("bytes", 0) for v in work.values())
+  rows = [[k, f"{v.get('flops', 0) / 1e9:.2f}", f"{100 * v.get('flops', 0) / total_f:.0f}%",
+           f"{v.get('bytes', 0) / 1e9:.2f}", f"{100 * v.get('bytes', 0) / total_b:.0f}%",
+           int(v.get("grouped_convs", 0))]
+          for k, v in sorted(work.items(), key=lambda kv: -kv[1].get("bytes", 0))]
+  rows.append(["total", f"{total_f / 1e9:.2f}", "", f"{total_b / 1e9:.2f}", "", ""])
+  return common.markdown_table(["part", "GFLOP", "% FLOP", "GB (operands + results)", "% bytes",
+                                "grouped convs"],
+                               rows)
+
+
+# --------------------------------------------------------------------------- timing
+
+
+def alternate(executables: dict[str, Callable], params, *, rounds: int, target_run_s: float
+              ) -> dict[str, list[float]]:
+  """Per-call seconds of each executable, ``rounds`` alternating rounds, each of
+  ``ceil(target_run_s / step)`` calls (sized from one call after a warm-up)."""
+  import jax
+  steps = {}
+  for name, f in executables.items():
+    jax.block_until_ready(f(params))  # warm-up
+    t = time.perf_counter()
+    jax.block_until_ready(f(params))
+    steps[name] = max(1, int(np.ceil(target_run_s / max(time.perf_counter() - t, 1e-6))))
+  samples = {name: [] for name in executables}
+  for r in range(rounds):
+    for name, f in executables.items():
+      t = time.perf_counter()
+      for _ in range(steps[name]):
+        out = f(params)
+      jax.block_until_ready(out)
+      samples[name].append((time.perf_counter() - t) / steps[name])
+      common.log(f"[metanet_step] round {r + 1}/{rounds} {name}: {1e3 * samples[name][-1]:.1f} ms/step")
+  return samples
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def build_parser() -> argparse.ArgumentParser:
+  p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                              formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+  p.add_argument("--ways", type=common_int_list, default=[5, 20], help="N, comma-separated")
+  p.add_argument("--num-query", type=int, default=10, help="queries per class")
+  p.add_argument("--variants", default=",".join(VARIANTS),
+                 help=f"comma-separated, the first is the baseline; from {VARIANTS}")
+  p.add_argument("--rounds", type=int, default=3)
+  p.add_argument("--run-seconds", type=float, default=2.0, help="timed seconds per variant per round")
+  p.add_argument("--no-timing", action="store_true", help="check equality and count work only")
+  p.add_argument("--profile", action="store_true", help="print the work per part of every variant")
+  p.add_argument("--quick", action="store_true", help="a tiny model (smoke test)")
+  p.add_argument("--out", default="runs/bench_metanet_step")
+  return p
+
+
+def common_int_list(text: str) -> list[int]:
+  try:
+    values = [int(v) for v in text.split(",") if v]
+  except ValueError:
+    raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+  if not values or min(values) < 2:
+    raise argparse.ArgumentTypeError(f"expected comma-separated integers >= 2, got {text!r}")
+  return values
+
+
+def main(argv=None) -> list[dict]:
+  parser = build_parser()
+  args = parser.parse_args(argv)
+  variants = [v for v in args.variants.split(",") if v]
+  bad = [v for v in variants if v not in VARIANTS]
+  if bad or not variants:
+    parser.error(f"--variants: expected names from {VARIANTS}, got {bad or args.variants!r}")
+  model_kw = QUICK_MODEL if args.quick else DEFAULT_MODEL
+  common.ensure_dir(args.out)
+  env = common.environment()
+  rows, sections = [], []
+  for n in args.ways:
+    execs, works, params = {}, {}, None
+    for name in variants:
+      common.log(f"[metanet_step] {n}-way: compiling {name} ...")
+      f, params, compiled = build_step(name, n, args.num_query, model_kw, params)
+      execs[name] = f
+      works[name] = hlo_work(f.as_text())
+      rows.append({"ways": n, "variant": name, "compile_s": compiled.total_s})
+    base = variants[0]
+    ref_loss, ref_grads = execs[base](params)
+    for row in rows[-len(variants):]:
+      loss, grads = execs[row["variant"]](params)
+      work = works[row["variant"]]
+      row.update(loss=float(loss), loss_diff=abs(float(loss) - float(ref_loss)),
+                 grad_max_rel_diff=max_rel_diff(grads, ref_grads),
+                 gflop=sum(v.get("flops", 0) for v in work.values()) / 1e9,
+                 gbytes=sum(v.get("bytes", 0) for v in work.values()) / 1e9,
+                 same_math=bool(max_rel_diff(grads, ref_grads) < GRAD_RTOL
+                                and abs(float(loss) - float(ref_loss)) < 1e-4 * max(1.0, abs(float(ref_loss)))))
+    if not args.no_timing:
+      samples = alternate(execs, params, rounds=args.rounds, target_run_s=args.run_seconds)
+      base_t = statistics.median(samples[base])
+      for row in rows[-len(variants):]:
+        t = statistics.median(samples[row["variant"]])
+        row.update(ms_per_step=1e3 * t, speed_vs_baseline=base_t / t)
+    sections.append(f"### {n}-way 1-shot, {args.num_query} queries per class\n")
+    for name in (variants if args.profile else variants[:2]):
+      sections.append(f"Work per part, `{name}` (loops × trip count):\n\n{work_table(works[name])}\n")
+  headers = ["ways", "variant", "ms/step", f"speed vs {variants[0]}", "GFLOP", "GB", "compile s",
+             "loss", "max grad rel. diff", "same math"]
+  table = common.markdown_table(headers, [[r["ways"], r["variant"], r.get("ms_per_step", "—"),
+                                           r.get("speed_vs_baseline", "—"), r["gflop"], r["gbytes"],
+                                           r["compile_s"], r["loss"], r["grad_max_rel_diff"],
+                                           "yes" if r["same_math"] else "**no**"] for r in rows])
+  model = "tiny (--quick)" if args.quick else "the authors' Omniglot model"
+  text = "\n".join([f"# MetaNet train step: variants ({model})", "", common.environment_markdown(env), "",
+                    table, "", *sections])
+  common.write_text(f"{args.out}/metanet_step.md", text)
+  common.write_json(f"{args.out}/metanet_step.json", {"rows": rows, "env": env, "args": vars(args)})
+  print(table)
+  if args.profile:
+    print("\n".join(sections))
+  return rows
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,57 @@
+"""benchmarks.metanet_step: every MetaNet step variant computes the reference's loss and gradients."""
+
+from __future__ import annotations
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from benchmarks import metanet_step
+
+
+def test_variants_equal_the_reference_and_report_work(tmp_path):
+  """``--quick``: all variants, the same loss and gradients as the frozen
+  reference, work counted per part (the LSTM loop × its trip count), timed."""
+  rows = metanet_step.main(["--quick", "--ways", "3", "--rounds", "1", "--run-seconds", "0.01",
+                            "--out", str(tmp_path)])
+  assert [r["variant"] for r in rows] == list(metanet_step.VARIANTS)
+  for r in rows:
+    assert r["same_math"], r
+    assert r["grad_max_rel_diff"] < metanet_step.GRAD_RTOL
+    assert r["gflop"] > 0 and r["gbytes"] > 0 and r["ms_per_step"] > 0
+  assert rows[0]["speed_vs_baseline"] == 1.0
+  # Without jax.checkpoint the LSTM's step is not recomputed: fewer FLOPs.
+  by = {r["variant"]: r for r in rows}
+  assert by["lstm_no_remat"]["gflop"] < by["current"]["gflop"]
+  saved = json.loads((tmp_path / "metanet_step.json").read_text())
+  assert len(saved["rows"]) == len(rows)
+  assert "Work per part" in (tmp_path / "metanet_step.md").read_text()
+
+
+def test_hlo_work_multiplies_loop_bodies_by_their_trip_count():
+  def f(x):
+    return jax.lax.scan(lambda c, _: (c @ x, None), x, None, length=7)[0]
+
+  x = jnp.ones((16, 16))
+  compiled = jax.jit(f).lower(x).compile()
+  work = metanet_step.hlo_work(compiled.as_text())
+  flops = sum(v.get("flops", 0) for v in work.values())
+  assert flops == 7 * 2 * 16 ** 3
+
+
+def test_im2col_features_equal_conv_features():
+  from memjax import metanet
+  shapes = metanet.net_shapes((8, 8, 1), 4, 2, 8, 3)
+  params = metanet.init_conv_net(jax.random.key(0), shapes)
+  x = jax.random.uniform(jax.random.key(1), (8, 8, 1))
+  np.testing.assert_allclose(metanet_step._im2col_features(params, x),
+                             metanet.conv_features(params, None, x), rtol=1e-5, atol=1e-6)
+
+
+def test_bad_variant_exits_2(tmp_path):
+  with pytest.raises(SystemExit) as e:
+    metanet_step.main(["--quick", "--variants", "fastest", "--out", str(tmp_path)])
+  assert e.value.code == 2
