@@ -320,7 +320,9 @@ def _mann_inputs(jax, jnp, key, cfg: dict):
 def build_mann_step(cfg: dict = MANN_CONFIG, seed: int = 0) -> MANNStep:
   """The memjax MANN (LRUA) Omniglot-shaped train step, compiled (compile timed apart).
 
-  ``nn.RNN(MANNCell)`` over B synthetic episodes of T steps drawn on device
+  ``mann.unroll(MANNCell)`` (``nn.RNN``'s logits with the input projection and
+  the output layer outside the scan, as the Omniglot experiment trains) over B
+  synthetic episodes of T steps drawn on device
   inside the step (uniform S×S images flattened, uniform labels, the previous
   step's one-hot label appended, as the paper's (x_t, y_{t−1}) inputs),
   ``mann.mann_loss`` (softmax cross-entropy averaged over B·T), Adam 1e-3 after
@@ -340,7 +342,7 @@ def build_mann_step(cfg: dict = MANN_CONFIG, seed: int = 0) -> MANNStep:
 
   def loss_fn(p, key):
     inputs, labels = _mann_inputs(jax, jnp, key, cfg)
-    return mann.mann_loss(model.apply(p, inputs), labels), {}
+    return mann.mann_loss(mann.unroll(cell, p, inputs), labels), {}
 
   return MANNStep(*_compile_adam_step(loss_fn, params, seed))
 
