@@ -34,6 +34,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 from memjax import evaluation, training
 from memjax import cli
@@ -74,6 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--lr", type=positive_float, default=None,
                  help="learning rate (default: 1e-4 rmsprop, 1e-3 adam); a new value with --resume "
                       "applies from the checkpoint on (recorded in config.json's lr_history)")
+  p.add_argument("--lr-drop-episodes", type=non_negative_int, default=0,
+                 help="multiply the learning rate by --lr-drop-factor after this many episodes (0: never)")
+  p.add_argument("--lr-drop-factor", type=positive_float, default=0.1)
   p.add_argument("--clip", type=positive_float, default=10.0, help="clip gradient components to ±clip")
   p.add_argument("--episodes", type=positive_int, default=1_600_000,
                  help="total training episodes (steps × batch size), counting resumed ones")
@@ -171,9 +175,10 @@ def main(argv=None) -> dict:
     with open(config_path) as f:
       old = json.load(f)
     keys = ("model", "label_mode", "num_classes", "samples_per_class", "batch_size", "optimizer",
+            "lr_drop_episodes", "lr_drop_factor",
             "seed", "memory_size", "word_size", "read_heads", "controller_features", "usage_decay",
             "write", "max_shift", "max_rotation", "image_size", "train_split")
-    changed = {k for k in keys if old.get(k) != config.get(k)}
+    changed = {k for k in keys if old.get(k, parser.get_default(k)) != config.get(k)}
     if changed:
       parser.error(f"--resume with a different configuration than {config_path}: {sorted(changed)}")
     # A new --lr on resume is a step of a piecewise-constant schedule (the optimiser state is the
@@ -243,7 +248,10 @@ def main(argv=None) -> dict:
             f"{record['eval_loss']:.4f}, accuracy % {accs}", flush=True)
     return record
 
-  optimizer = training.make_optimizer(args.optimizer, args.lr, clip=args.clip)
+  lr = lr_of(config)
+  if args.lr_drop_episodes:
+    lr = optax.piecewise_constant_schedule(lr, {args.lr_drop_episodes // args.batch_size: args.lr_drop_factor})
+  optimizer = training.make_optimizer(args.optimizer, lr, clip=args.clip)
   num_steps = math.ceil(args.episodes / args.batch_size)
   start_step = _latest_checkpoint_step(args.workdir) if args.resume else 0
   prior_train_seconds = _prior_train_seconds(args.workdir, start_step)
