@@ -473,7 +473,9 @@ class MetaNetStep(_Stepped):
 
 
 def _metanet_model_kwargs(cfg: dict) -> dict:
-  return {k: cfg[k] for k in ("image_shape", "filters", "num_blocks", "hidden")}
+  # The torch reference uses the contrastive embedding loss: the same here, so both do the same work.
+  return {**{k: cfg[k] for k in ("image_shape", "filters", "num_blocks", "hidden")},
+          "embedding_loss": "contrastive"}
 
 
 def build_metanet_step(cfg: dict = METANET_CONFIG, seed: int = 0) -> MetaNetStep:
