@@ -131,6 +131,38 @@ def compile_fn(fn: Callable, *args, static_argnums=(), **jit_kwargs) -> Compiled
   return Compiled(executable, t1 - t0, t2 - t1)
 
 
+def alternate(steps: dict, *, rounds: int, run_s: float) -> dict:
+  """Times compiled train steps in alternating runs (a, b, …, a, b, …) in one process.
+
+  Args:
+    steps: name -> ``(step, state)`` with ``step(state) -> (state, loss, ...)``.
+    rounds: alternating rounds.
+    run_s: seconds per run, sized from the first step's warm-up time.
+
+  Returns:
+    name -> median seconds per step over the rounds.
+  """
+  import jax
+
+  def run(step, state, n):
+    t0 = time.perf_counter()
+    for _ in range(n):
+      state, loss, *_ = step(state)
+    jax.block_until_ready(loss)
+    return (time.perf_counter() - t0) / n, state
+
+  states, warm = {}, {}
+  for name, (step, state) in steps.items():  # warm-up: two steps each, untimed
+    warm[name], states[name] = run(step, state, 2)
+  n = max(2, int(run_s / max(next(iter(warm.values())), 1e-6)))
+  times = {name: [] for name in steps}
+  for _ in range(rounds):
+    for name, (step, _) in steps.items():
+      dt, states[name] = run(step, states[name], n)
+      times[name].append(dt)
+  return {name: statistics.median(t) for name, t in times.items()}
+
+
 def cost_flops(executable) -> float | None:
   """XLA's FLOP count of a compiled executable (loop bodies counted once), or None."""
   try:

@@ -22,8 +22,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import statistics
-import time
 
 from benchmarks import common
 
@@ -80,30 +78,13 @@ def build(variant: str, batch: int, *, seq_len: int = 50, classes: int = 5, imag
   return compiled.executable, state, compiled.total_s, float(loss)
 
 
-def _run(step, state, n: int):
-  import jax
-  t0 = time.perf_counter()
-  for _ in range(n):
-    state, loss, _, _ = step(state)
-  jax.block_until_ready(loss)
-  return (time.perf_counter() - t0) / n, state
-
-
 def compare(batch: int, variants, *, rounds: int, run_s: float, quick: bool) -> list[dict]:
   built = {v: build(v, batch, quick=quick) for v in variants}
-  states, warm = {}, {}
-  for v, (step, state, _, _) in built.items():  # warm-up: two steps each, untimed
-    warm[v], states[v] = _run(step, state, 2)
-  n = max(2, int(run_s / max(warm[variants[0]], 1e-6)))
-  times = {v: [] for v in variants}
-  for _ in range(rounds):
-    for v in variants:
-      dt, states[v] = _run(built[v][0], states[v], n)
-      times[v].append(dt)
-  base = statistics.median(times[variants[0]])
-  return [{"variant": v, "batch": batch, "ms_per_step": statistics.median(times[v]) * 1e3,
-           "episodes_per_s": batch / statistics.median(times[v]),
-           "speed_vs_previous": base / statistics.median(times[v]), "compile_s": built[v][2],
+  times = common.alternate({v: b[:2] for v, b in built.items()}, rounds=rounds, run_s=run_s)
+  base = times[variants[0]]
+  return [{"variant": v, "batch": batch, "ms_per_step": times[v] * 1e3,
+           "episodes_per_s": batch / times[v],
+           "speed_vs_previous": base / times[v], "compile_s": built[v][2],
            "first_loss": built[v][3]} for v in variants]
 
 

@@ -24,8 +24,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import functools
-import statistics
-import time
 
 from benchmarks import common
 
@@ -154,29 +152,12 @@ def build(variant: str, batch: int, *, max_length: int, memory_size: int, seed: 
   return compiled.executable, state, compiled.total_s, float(loss)
 
 
-def _run(step, state, n: int):
-  import jax
-  t0 = time.perf_counter()
-  for _ in range(n):
-    state, loss, _, _ = step(state)
-    jax.block_until_ready(loss)
-  return (time.perf_counter() - t0) / n, state
-
-
 def compare(batch: int, variants, *, rounds: int, run_s: float, max_length: int, memory_size: int) -> list[dict]:
   built = {v: build(v, batch, max_length=max_length, memory_size=memory_size) for v in variants}
-  states, warm = {}, {}
-  for v, (step, state, _, _) in built.items():  # warm-up: two steps each, untimed
-    warm[v], states[v] = _run(step, state, 2)
-  n = max(2, int(run_s / max(warm[variants[0]], 1e-6)))
-  times = {v: [] for v in variants}
-  for _ in range(rounds):
-    for v in variants:
-      dt, states[v] = _run(built[v][0], states[v], n)
-      times[v].append(dt)
-  base = statistics.median(times[variants[0]])
-  return [{"variant": v, "batch": batch, "ms_per_step": statistics.median(times[v]) * 1e3,
-           "speed_vs_plain": base / statistics.median(times[v]), "compile_s": built[v][2],
+  times = common.alternate({v: b[:2] for v, b in built.items()}, rounds=rounds, run_s=run_s)
+  base = times[variants[0]]
+  return [{"variant": v, "batch": batch, "ms_per_step": times[v] * 1e3,
+           "speed_vs_plain": base / times[v], "compile_s": built[v][2],
            "first_loss": built[v][3]} for v in variants]
 
 
