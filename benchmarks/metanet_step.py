@@ -85,6 +85,7 @@ from __future__ import annotations
 import argparse
 import collections
 import contextlib
+import functools
 import re
 import statistics
 import time
@@ -93,6 +94,7 @@ from typing import Any, Callable
 import numpy as np
 
 from benchmarks import common
+from memjax import cli
 
 VARIANTS = ("reference", "current", "im2col_support", "im2col_all", "lstm_no_remat", "combined")
 QUICK_MODEL = dict(image_shape=(8, 8, 1), filters=4, num_blocks=2, hidden=8)
@@ -138,26 +140,6 @@ def _im2col_embedding_hidden(slow, x):
   return _relu(_im2col_features(slow, x) @ slow["fc1"])
 
 
-def lstm_apply_no_remat(params, xs):
-  """:func:`memjax.metanet.lstm_apply` without ``jax.checkpoint`` on the step."""
-  import jax
-  import jax.numpy as jnp
-  hidden = params["wh"].shape[0]
-  wx, wh, b = params["wx"].T, params["wh"].T, params["b"][:, None]
-
-  def step(carry, x):
-    h, c = carry
-    z = wx @ x + wh @ h + b
-    i, f, g, o = jnp.split(z, 4, axis=0)
-    c = jax.nn.sigmoid(f) * c + jax.nn.sigmoid(i) * jnp.tanh(g)
-    h = jax.nn.sigmoid(o) * jnp.tanh(c)
-    return (h, c), None
-
-  zeros = jnp.zeros((hidden, xs.shape[1]), xs.dtype)
-  (h, _), _ = jax.lax.scan(step, (zeros, zeros), jnp.moveaxis(xs, -1, 1))
-  return (params["w_out"].T @ h + params["b_out"][:, None])[0]
-
-
 @contextlib.contextmanager
 def _patched(module, **attrs):
   old = {k: getattr(module, k) for k in attrs}
@@ -182,7 +164,7 @@ def variant_context(name: str):
   if name in ("im2col_all", "combined"):
     patches.update(_conv=_im2col_conv)
   if name in ("lstm_no_remat", "combined"):
-    patches.update(lstm_apply=lstm_apply_no_remat)
+    patches.update(lstm_apply=functools.partial(metanet.lstm_apply, remat=False))
   if name not in VARIANTS:
     raise ValueError(f"argument `name`: expected one of {VARIANTS}, got {name!r}")
   return metanet.MetaNet, _patched(metanet, **patches)
@@ -384,7 +366,7 @@ def alternate(executables: dict[str, Callable], params, *, rounds: int, target_r
 def build_parser() -> argparse.ArgumentParser:
   p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                               formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-  p.add_argument("--ways", type=common_int_list, default=[5, 20], help="N, comma-separated")
+  p.add_argument("--ways", type=cli.int_list, default=[5, 20], help="N, comma-separated")
   p.add_argument("--num-query", type=int, default=10, help="queries per class")
   p.add_argument("--variants", default=",".join(VARIANTS),
                  help=f"comma-separated, the first is the baseline; from {VARIANTS}")
@@ -397,16 +379,6 @@ def build_parser() -> argparse.ArgumentParser:
   return p
 
 
-def common_int_list(text: str) -> list[int]:
-  try:
-    values = [int(v) for v in text.split(",") if v]
-  except ValueError:
-    raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
-  if not values or min(values) < 2:
-    raise argparse.ArgumentTypeError(f"expected comma-separated integers >= 2, got {text!r}")
-  return values
-
-
 def main(argv=None) -> list[dict]:
   parser = build_parser()
   args = parser.parse_args(argv)
@@ -414,6 +386,8 @@ def main(argv=None) -> list[dict]:
   bad = [v for v in variants if v not in VARIANTS]
   if bad or not variants:
     parser.error(f"--variants: expected names from {VARIANTS}, got {bad or args.variants!r}")
+  if min(args.ways) < 2:
+    parser.error(f"--ways: expected ways >= 2, got {args.ways}")
   model_kw = QUICK_MODEL if args.quick else DEFAULT_MODEL
   common.ensure_dir(args.out)
   env = common.environment()

@@ -447,7 +447,7 @@ def init_lstm(key: jax.Array, hidden: int = 20, inputs: int = 2,
   }
 
 
-def lstm_apply(params: dict, xs: jax.Array) -> jax.Array:
+def lstm_apply(params: dict, xs: jax.Array, *, remat: bool = True) -> jax.Array:
   """Coordinate-wise LSTM d over a sequence of preprocessed gradients.
 
   i, f, g, o = σ, σ, tanh, σ of (x_t W_x + h_{t−1} W_h + b);
@@ -465,7 +465,6 @@ def lstm_apply(params: dict, xs: jax.Array) -> jax.Array:
   # math runs over contiguous coordinates (~25% faster than [P, 4H] on CPU).
   wx, wh, b = params["wx"].T, params["wh"].T, params["b"][:, None]
 
-  @jax.checkpoint  # keeps only the [2H, P] carries for the backward pass
   def step(carry, x):
     h, c = carry
     z = wx @ x + wh @ h + b
@@ -474,6 +473,8 @@ def lstm_apply(params: dict, xs: jax.Array) -> jax.Array:
     h = jax.nn.sigmoid(o) * jnp.tanh(c)
     return (h, c), None
 
+  if remat:  # keep only the [2H, P] carries for the backward pass
+    step = jax.checkpoint(step)
   zeros = jnp.zeros((hidden, xs.shape[1]), xs.dtype)
   (h, _), _ = jax.lax.scan(step, (zeros, zeros), jnp.moveaxis(xs, -1, 1))  # xs: [T, 2, P]
   return (params["w_out"].T @ h + params["b_out"][:, None])[0]
