@@ -15,11 +15,14 @@ test characters and reports the accuracy at the 1st, 2nd, 3rd, 4th, 5th and
     python experiments/omniglot_mann.py --label-mode string --workdir runs/mann_string
     python experiments/omniglot_mann.py --workdir runs/mann_onehot --resume
 
-``--episodes`` counts episodes (training examples), not optimiser steps: one
-step is ``--batch-size`` episodes. The default, 1.6M episodes, is the paper's
-100,000 iterations of batch 16. Writes ``config.json``, ``metrics.jsonl``,
-checkpoints, ``results.json`` (atomically) and PNGs (accuracy vs instance,
-training curve) to ``--workdir``.
+``--steps`` counts optimizer updates of ``--batch-size`` episodes each, as in
+every memjax experiment; the default, 100,000 steps of batch 16 (1.6M episodes),
+is the paper's. The older flags ``--episodes`` and ``--lr-drop-episodes`` are
+still accepted (converted to steps by the batch size). Writes ``config.json``,
+``metrics.jsonl``, checkpoints, ``results.json`` (atomically) and PNGs (accuracy
+vs instance, training curve) to ``--workdir``. Ctrl-C or SIGTERM stops training
+with a checkpoint, partial results (``"interrupted": true``) and plots, exit code
+130/143; ``--resume`` continues.
 """
 
 from __future__ import annotations
@@ -28,18 +31,17 @@ import argparse
 import json
 import math
 import os
+import sys
 import time
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
-from memjax import evaluation, training
-from memjax import cli
-from memjax.cli import (non_negative_float, non_negative_int, positive_float, positive_int, unit_float,
-                        write_json)
+from memjax import cli, evaluation, training
+from memjax.cli import (non_negative_float, non_negative_int, positive_float, positive_int,
+                        unit_float)
 from memjax.data import episodes as episodes_lib
 from memjax.data import omniglot
 from memjax.mann import WRITE_MODES, LSTMCell, MANNCell, mann_loss, per_instance_counts, unroll
@@ -55,32 +57,42 @@ PAPER = {
     # Table 2: 15-way, 5-character string labels (MANN with LRUA).
     ("mann", "string", 15): [0.1, 62.6, 79.3, 86.6, 88.7, 95.3],
 }
+# Keys of config.json that a --resume must not change.
+RESUME_KEYS = ("model", "label_mode", "num_classes", "samples_per_class", "batch_size", "optimizer",
+               "lr_drop_steps", "lr_drop_factor", "seed", "memory_size", "word_size", "read_heads",
+               "controller_features", "usage_decay", "write", "max_shift", "max_rotation", "image_size",
+               "train_split")
+# Deprecated flags counted in episodes -> the flags in steps that replace them.
+DEPRECATED = {"--episodes": "--steps", "--lr-drop-episodes": "--lr-drop-steps"}
 
 
 def build_parser() -> argparse.ArgumentParser:
-  p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                              formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+  p = cli.parser(__doc__)
+  p.aliases_of = {new: (old,) for old, new in DEPRECATED.items()}  # for memjax.reproduce's --train-args
   p.add_argument("--data-dir", default=None,
-                 help="folder with the Omniglot zips (default: $MEMJAX_DATA_DIR, else the user "
-                      "cache, downloading if needed)")
-  p.add_argument("--model", choices=["mann", "lstm"], default="mann")
+                 help="folder with the Omniglot zips (None: $MEMJAX_DATA_DIR, else the user cache, "
+                      "downloading if needed)")
+  p.add_argument("--model", choices=["mann", "lstm"], default="mann", help="memory-augmented or LSTM")
   p.add_argument("--label-mode", choices=list(episodes_lib.LABEL_MODES), default="onehot",
                  help="'onehot' (Table 1) or 'string': 5-character labels (Table 2)")
   p.add_argument("--num-classes", type=positive_int, default=None,
-                 help="classes per episode (default: 5 one-hot, 15 string)")
-  p.add_argument("--samples-per-class", type=positive_int, default=10)
-  p.add_argument("--batch-size", type=positive_int, default=16)
+                 help="classes per episode (None: 5 one-hot, 15 string)")
+  p.add_argument("--samples-per-class", type=positive_int, default=10, help="drawings per class per episode")
+  p.add_argument("--batch-size", type=positive_int, default=16, help="episodes per step")
   p.add_argument("--optimizer", choices=["rmsprop", "adam"], default="rmsprop",
                  help="'rmsprop' is the paper's (centred, decay 0.95, momentum 0.9; lr 1e-4)")
   p.add_argument("--lr", type=positive_float, default=None,
-                 help="learning rate (default: 1e-4 rmsprop, 1e-3 adam); a new value with --resume "
+                 help="learning rate (None: 1e-4 rmsprop, 1e-3 adam); a new value with --resume "
                       "applies from the checkpoint on (recorded in config.json's lr_history)")
-  p.add_argument("--lr-drop-episodes", type=non_negative_int, default=0,
-                 help="multiply the learning rate by --lr-drop-factor after this many episodes (0: never)")
-  p.add_argument("--lr-drop-factor", type=positive_float, default=0.1)
+  p.add_argument("--lr-drop-steps", type=non_negative_int, default=0,
+                 help="multiply the learning rate by --lr-drop-factor after this many steps (0: never)")
+  p.add_argument("--lr-drop-factor", type=positive_float, default=0.1, help="see --lr-drop-steps")
   p.add_argument("--clip", type=positive_float, default=10.0, help="clip gradient components to ±clip")
-  p.add_argument("--episodes", type=positive_int, default=1_600_000,
-                 help="total training episodes (steps × batch size), counting resumed ones")
+  p.add_argument("--steps", type=positive_int, default=100_000,
+                 help="total training steps (optimizer updates of --batch-size episodes), counting "
+                      "resumed ones")
+  p.add_argument("--episodes", type=positive_int, default=None, help=argparse.SUPPRESS)
+  p.add_argument("--lr-drop-episodes", type=non_negative_int, default=None, help=argparse.SUPPRESS)
   p.add_argument("--max-minutes", type=positive_float, default=60.0,
                  help="training wall-time budget of this invocation")
   p.add_argument("--workdir", default="runs/mann_onehot",
@@ -91,12 +103,12 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--eval-episodes", type=positive_int, default=1000, help="test episodes per evaluation")
   p.add_argument("--eval-batch", type=positive_int, default=100,
                  help="test episodes per compiled evaluation call")
-  p.add_argument("--seed", type=int, default=0)
-  p.add_argument("--memory-size", type=positive_int, default=128)
-  p.add_argument("--word-size", type=positive_int, default=40)
-  p.add_argument("--read-heads", type=positive_int, default=4)
-  p.add_argument("--controller-features", type=positive_int, default=200)
-  p.add_argument("--usage-decay", type=unit_float, default=0.95)
+  p.add_argument("--seed", type=int, default=0, help="parameter initialisation and training episodes")
+  p.add_argument("--memory-size", type=positive_int, default=128, help="memory slots")
+  p.add_argument("--word-size", type=positive_int, default=40, help="slot width")
+  p.add_argument("--read-heads", type=positive_int, default=4, help="read heads")
+  p.add_argument("--controller-features", type=positive_int, default=200, help="LSTM controller units")
+  p.add_argument("--usage-decay", type=unit_float, default=0.95, help="LRUA usage decay γ")
   p.add_argument("--write", choices=list(WRITE_MODES), default="add",
                  help="what each LRUA head writes: 'add' a separate add vector a_t (snowkylin/ntm, "
                       "tristandeleu/ntm-one-shot), 'key' the read key (paper-literal)")
@@ -105,16 +117,73 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--max-rotation", type=non_negative_float, default=0.0,
                  help="training-time jitter: rotate each image by up to ± this many degrees "
                       "(snowkylin/ntm: 11.25); test episodes are never jittered")
-  p.add_argument("--image-size", type=positive_int, default=20)
-  p.add_argument("--checkpoint-every", type=positive_int, default=500)
-  p.add_argument("--log-every", type=positive_int, default=50)
-  split_help = "Omniglot split ('train'/'test' are Santoro et al.'s 1,200/423 characters; " \
-               "'small1' is for fast tests)"
+  p.add_argument("--image-size", type=positive_int, default=20, help="side of the resized images")
+  p.add_argument("--checkpoint-every", type=positive_int, default=500, help="checkpoint every this many steps")
+  p.add_argument("--log-every", type=positive_int, default=50, help="metrics line every this many steps")
+  split_help = ("Omniglot split: 'train'/'test' are Santoro et al.'s 1,200/423 characters, "
+                "'background'/'evaluation' the official archives, 'small1'/'small2' for fast tests")
   p.add_argument("--train-split", choices=list(omniglot.SPLITS), default="train", help=split_help)
   p.add_argument("--test-split", choices=list(omniglot.SPLITS), default="test", help=split_help)
-  p.add_argument("--no-progress", action="store_true")
-  p.add_argument("--no-plots", action="store_true")
+  p.add_argument("--no-progress", action="store_true", help="no progress bar (a line per evaluation)")
+  p.add_argument("--no-plots", action="store_true", help="no PNGs")
   return p
+
+
+def parse_args(parser: argparse.ArgumentParser, argv=None) -> argparse.Namespace:
+  """The flags, checked; the deprecated episode counts converted to steps."""
+  args = parser.parse_args(argv)
+  for old, new, convert in (("episodes", "steps", lambda e: math.ceil(e / args.batch_size)),
+                            ("lr_drop_episodes", "lr_drop_steps", lambda e: e // args.batch_size)):
+    value = vars(args).pop(old)
+    if value is None:
+      continue
+    if getattr(args, new) != parser.get_default(new):
+      parser.error(f"--{old.replace('_', '-')} (deprecated) and --{new.replace('_', '-')} are exclusive")
+    setattr(args, new, convert(value))
+    print(f"warning: --{old.replace('_', '-')} {value} is deprecated; it means "
+          f"--{new.replace('_', '-')} {getattr(args, new)} (batch size {args.batch_size})",
+          file=sys.stderr)
+  n = args.num_classes = args.num_classes or (5 if args.label_mode == "onehot" else 15)
+  if args.label_mode == "string" and n > 5 ** 5:
+    parser.error(f"--num-classes ({n}) must be at most 3125 for distinct string labels")
+  if args.model == "mann" and args.read_heads > args.memory_size:
+    parser.error(f"--read-heads ({args.read_heads}) must be at most --memory-size ({args.memory_size})")
+  if args.max_rotation > 180:
+    parser.error(f"--max-rotation ({args.max_rotation}) must be at most 180 degrees")
+  if args.samples_per_class > omniglot.NUM_DRAWERS:
+    parser.error(f"--samples-per-class ({args.samples_per_class}) must be at most the "
+                 f"{omniglot.NUM_DRAWERS} drawers per character")
+  return args
+
+
+def upgrade_config(old: dict) -> dict:
+  """A saved config.json in today's keys: runs written before ``--steps`` counted episodes."""
+  old = dict(old)
+  batch = old.get("batch_size", 16)
+  if "lr_drop_steps" not in old:
+    old["lr_drop_steps"] = old.pop("lr_drop_episodes", 0) // batch
+  if "steps" not in old and "episodes" in old:
+    old["steps"] = math.ceil(old.pop("episodes") / batch)
+  return old
+
+
+def lr_of(config: dict) -> float:
+  return config["lr"] if config.get("lr") is not None else DEFAULT_LR[config["optimizer"]]
+
+
+def record_lr(config: dict, old: dict | None, start_step: int) -> None:
+  """config.json's ``lr_history``, ``[[step, learning rate from that step on]]`` (``Run``'s ``amend``).
+
+  A new ``--lr`` on resume is a step of a piecewise-constant schedule (the
+  optimiser state is the same for any constant rate)."""
+  config["lr_history"] = [[0, lr_of(config)]]
+  if old is None:
+    return
+  config["lr_history"] = [list(x) for x in old.get("lr_history", [[0, lr_of(old)]])]
+  if lr_of(config) != config["lr_history"][-1][1]:
+    config["lr_history"] = [x for x in config["lr_history"] if x[0] < start_step] + [
+        [start_step, lr_of(config)]]
+    print(f"learning rate from step {start_step} on: {lr_of(config)} (was {lr_of(old)})", flush=True)
 
 
 def build_model(args, features: int) -> tuple[nn.RNN, nn.RNNCellBase]:
@@ -127,21 +196,101 @@ def build_model(args, features: int) -> tuple[nn.RNN, nn.RNNCellBase]:
   return nn.RNN(cell), cell
 
 
-def _latest_checkpoint_step(workdir: str) -> int:
-  path = os.path.join(workdir, "checkpoints")
-  steps = [int(d) for d in os.listdir(path) if d.isdigit()] if os.path.isdir(path) else []
-  return max(steps, default=0)
+class Task:
+  """The flags' episodes, model, loss and test protocol."""
+
+  def __init__(self, args, train_images, test_images):
+    n = args.num_classes
+    self.args, self.train_images = args, train_images
+    self.sample_kw = dict(num_classes=n, samples_per_class=args.samples_per_class,
+                          label_mode=args.label_mode, rotate=True)
+    features = episodes_lib.label_dim(n, args.label_mode)
+    self.model, self.cell = build_model(args, features)
+    # The MANN trains and evaluates through memjax.mann.unroll: nn.RNN(cell)'s logits, faster.
+    self.apply = (lambda p, x: unroll(self.cell, p, x)) if args.model == "mann" else self.model.apply
+    self.instances = tuple(k for k in INSTANCES if k <= args.samples_per_class)
+    self.names = [INSTANCE_NAMES[k] for k in self.instances]
+    example = jnp.zeros((1, n * args.samples_per_class, args.image_size ** 2 + features), jnp.float32)
+    self.params = jax.jit(self.model.init)(jax.random.key(args.seed), example)
+    self.test = evaluation.mann_evaluator(
+        self.apply, test_images, num_episodes=args.eval_episodes, batch_size=args.eval_batch,
+        instances=self.instances, key=training.eval_key(), **self.sample_kw)
+    paper = PAPER.get((args.model, args.label_mode, n)) if args.samples_per_class >= 10 else None
+    self.paper = paper
+
+  def loss(self, p, key):
+    args = self.args
+    ep = episodes_lib.sample_mann_episodes(key, self.train_images, batch_size=args.batch_size,
+                                           **self.sample_kw, max_shift=args.max_shift,
+                                           max_rotation=args.max_rotation)
+    ep = training.shard_batch(ep)  # split over devices when fit runs under a mesh
+    logits = self.apply(p, ep.inputs)
+    correct, total = per_instance_counts(logits, ep.targets, ep.instance, args.label_mode, self.instances)
+    acc = correct / jnp.maximum(total, 1.0)
+    return mann_loss(logits, ep.targets, args.label_mode), {
+        f"acc_{name}": acc[i] for i, name in enumerate(self.names)}
+
+  def metrics(self, p) -> dict:
+    """Test accuracy by instance and loss, ``{"acc_1st": ..., "loss": ...}``."""
+    acc, loss = self.test(p)
+    return {**{f"acc_{name}": acc[i] for i, name in enumerate(self.names)}, "loss": loss}
+
+  def optimizer(self, config: dict) -> optax.GradientTransformation:
+    args = self.args
+    lr = lr_of(config)
+    if args.lr_drop_steps:
+      lr = optax.piecewise_constant_schedule(lr, {args.lr_drop_steps: args.lr_drop_factor})
+    return training.make_optimizer(args.optimizer, lr, clip=args.clip)
+
+  def describe(self, record: dict) -> str | None:
+    """The progress bar's evaluation text: test accuracy by instance as measured."""
+    if f"eval_acc_{self.names[0]}" not in record:
+      return None
+    return ("test acc % " + "/".join(self.names) + " "
+            + "/".join(f"{100 * record[f'eval_acc_{name}']:.0f}" for name in self.names))
 
 
-def _prior_train_seconds(workdir: str, start_step: int) -> float:
-  """Training seconds recorded up to ``start_step`` by earlier invocations (0 for a new run)."""
-  path = os.path.join(workdir, "metrics.jsonl")
-  if not start_step or not os.path.exists(path):
-    return 0.0
-  with open(path) as f:
-    records = [json.loads(line) for line in f if line.strip()]
-  done = [r["train_seconds"] for r in records if "train_seconds" in r and r["step"] <= start_step]
-  return done[-1] if done else 0.0
+def main(argv=None) -> dict:
+  parser = build_parser()
+  args = parse_args(parser, argv)
+  train_images, test_images = (jnp.asarray(x) for x in cli.load_omniglot(
+      parser, args.data_dir, args.train_split, args.test_split, image_size=args.image_size))
+  for name, imgs in (("--train-split", train_images), ("--test-split", test_images)):
+    if imgs.shape[0] < args.num_classes:
+      parser.error(f"{name} has {imgs.shape[0]} characters, fewer than --num-classes {args.num_classes}")
+  task = Task(args, train_images, test_images)
+  config = {k: v for k, v in vars(args).items() if k not in ("resume", "no_progress", "no_plots")}
+  run = training.Run(args.workdir, config, resume=args.resume, compare=RESUME_KEYS,
+                     defaults={k: parser.get_default(k) for k in RESUME_KEYS}, upgrade=upgrade_config,
+                     amend=record_lr, error=parser.error)
+
+  def eval_fn(p, step):
+    # Training wall time so far, evaluations excluded, resumed invocations included:
+    # the time-to-accuracy figure (benchmarks/time_to_accuracy.py reads it).
+    record = {"train_seconds": run.train_seconds()}
+    record = {**run.evaluate(task.metrics, p, prefix="eval_"), **record}
+    if args.no_progress:
+      print(f"step {step} ({step * args.batch_size} episodes): {task.describe(record)}, test loss "
+            f"{record['eval_loss']:.4f}", flush=True)
+    return record
+
+  load_start = _load_avg()
+  with run:
+    state, history = run.fit(
+        task.loss, task.params, task.optimizer(run.config), num_steps=args.steps, seed=args.seed,
+        checkpoint_every=args.checkpoint_every, log_every=args.log_every, progress=not args.no_progress,
+        eval_every=args.eval_every, eval_fn=eval_fn, max_seconds=args.max_minutes * 60,
+        batch_size=args.batch_size, describe=task.describe)
+    train_eval_seconds = run.eval_seconds
+    final = run.step(f"evaluating on {task.test.num_episodes} test episodes ({args.test_split} split)",
+                     run.evaluate, task.metrics, state.params, prefix="eval_")
+    results = make_results(args, task, run, int(state.step), final, train_eval_seconds, load_start)
+    run.write_results(results)
+    print_table(args, task, results)
+    if not args.no_plots:
+      run.step("plotting accuracy by instance and the training curve", plot, run, args, task, results,
+               always=True)
+  return results
 
 
 def _load_avg() -> list[float] | None:
@@ -151,127 +300,17 @@ def _load_avg() -> list[float] | None:
     return None
 
 
-def main(argv=None) -> dict:
-  parser = build_parser()
-  args = parser.parse_args(argv)
-  n = args.num_classes or (5 if args.label_mode == "onehot" else 15)
-  args.num_classes = n
-  if args.label_mode == "string" and n > 5 ** 5:
-    parser.error(f"--num-classes ({n}) must be at most 3125 for distinct string labels")
-  if args.model == "mann" and args.read_heads > args.memory_size:
-    parser.error(f"--read-heads ({args.read_heads}) must be at most --memory-size ({args.memory_size})")
-  if args.max_rotation > 180:
-    parser.error(f"--max-rotation ({args.max_rotation}) must be at most 180 degrees")
-  if args.samples_per_class > omniglot.NUM_DRAWERS:
-    parser.error(f"--samples-per-class ({args.samples_per_class}) must be at most the "
-                 f"{omniglot.NUM_DRAWERS} drawers per character")
-
-  os.makedirs(args.workdir, exist_ok=True)
-  config = {k: v for k, v in vars(args).items() if k not in ("resume", "no_progress", "no_plots")}
-  config_path = os.path.join(args.workdir, "config.json")
-  lr_of = lambda c: c["lr"] if c.get("lr") is not None else DEFAULT_LR[c["optimizer"]]
-  config["lr_history"] = [[0, lr_of(config)]]  # [step, learning rate] from that step on
-  if args.resume and os.path.exists(config_path):
-    with open(config_path) as f:
-      old = json.load(f)
-    keys = ("model", "label_mode", "num_classes", "samples_per_class", "batch_size", "optimizer",
-            "lr_drop_episodes", "lr_drop_factor",
-            "seed", "memory_size", "word_size", "read_heads", "controller_features", "usage_decay",
-            "write", "max_shift", "max_rotation", "image_size", "train_split")
-    changed = {k for k in keys if old.get(k, parser.get_default(k)) != config.get(k)}
-    if changed:
-      parser.error(f"--resume with a different configuration than {config_path}: {sorted(changed)}")
-    # A new --lr on resume is a step of a piecewise-constant schedule (the optimiser state is the
-    # same for any constant rate); the history records each rate and the step it started at.
-    config["lr_history"] = [list(x) for x in old.get("lr_history", [[0, lr_of(old)]])]
-    if lr_of(config) != config["lr_history"][-1][1]:
-      step = _latest_checkpoint_step(args.workdir)
-      config["lr_history"] = [x for x in config["lr_history"] if x[0] < step] + [[step, lr_of(config)]]
-      print(f"learning rate from step {step} on: {lr_of(config)} (was {lr_of(old)})", flush=True)
-  write_json(config_path, config)
-
-  train_images = jnp.asarray(omniglot.load(args.train_split, args.image_size, args.data_dir).images)
-  test_images = jnp.asarray(omniglot.load(args.test_split, args.image_size, args.data_dir).images)
-  for name, imgs in (("--train-split", train_images), ("--test-split", test_images)):
-    if imgs.shape[0] < n:
-      parser.error(f"{name} has {imgs.shape[0]} characters, fewer than --num-classes {n}")
-
-  sample_kw = dict(num_classes=n, samples_per_class=args.samples_per_class,
-                   label_mode=args.label_mode, rotate=True)
-  features = episodes_lib.label_dim(n, args.label_mode)
-  model, cell = build_model(args, features)
-  # The MANN trains and evaluates through memjax.mann.unroll: nn.RNN(cell)'s logits, faster.
-  apply = (lambda p, x: unroll(cell, p, x)) if args.model == "mann" else model.apply
-  jitter = dict(max_shift=args.max_shift, max_rotation=args.max_rotation)
-  instances = tuple(k for k in INSTANCES if k <= args.samples_per_class)
-  names = [INSTANCE_NAMES[k] for k in instances]
-  steps_per_episode = n * args.samples_per_class
-  example = jnp.zeros((1, steps_per_episode, args.image_size ** 2 + features), jnp.float32)
-  params = jax.jit(model.init)(jax.random.key(args.seed), example)
-
-  def loss_fn(p, key):
-    ep = episodes_lib.sample_mann_episodes(key, train_images, batch_size=args.batch_size, **sample_kw,
-                                           **jitter)
-    ep = training.shard_batch(ep)  # split over devices when fit runs under a mesh
-    logits = apply(p, ep.inputs)
-    correct, total = per_instance_counts(logits, ep.targets, ep.instance, args.label_mode, instances)
-    acc = correct / jnp.maximum(total, 1.0)
-    return mann_loss(logits, ep.targets, args.label_mode), {
-        f"acc_{name}": acc[i] for i, name in enumerate(names)}
-
-  # Fixed test episodes; never a training key (those are fold_in(key(seed), step)).
-  eval_key = jax.random.key(2**31 - 1)
-  eval_batch = min(args.eval_batch, args.eval_episodes)
-  eval_chunks = math.ceil(args.eval_episodes / eval_batch)
-
-  test_eval = evaluation.mann_evaluator(apply, test_images, num_episodes=args.eval_episodes,
-                                        batch_size=args.eval_batch, instances=instances,
-                                        key=eval_key, **sample_kw)
-  eval_seconds = [0.0]
-
-  def evaluate(p) -> dict:
-    t0 = time.perf_counter()
-    acc, loss = test_eval(p)
-    eval_seconds[0] += time.perf_counter() - t0
-    out = {f"eval_acc_{name}": float(acc[i]) for i, name in enumerate(names)}
-    out["eval_loss"] = loss
-    return out
-
-  def eval_fn(p, step):
-    # Training wall time so far, evaluations excluded, resumed invocations included:
-    # the time-to-accuracy figure (benchmarks/time_to_accuracy.py reads it).
-    train_s = prior_train_seconds + time.perf_counter() - t0 - eval_seconds[0]
-    record = {**evaluate(p), "train_seconds": train_s}
-    if args.no_progress:
-      accs = " ".join(f"{name}={100 * record[f'eval_acc_{name}']:.1f}" for name in names)
-      print(f"step {step} ({step * args.batch_size} episodes): test loss "
-            f"{record['eval_loss']:.4f}, accuracy % {accs}", flush=True)
-    return record
-
-  lr = lr_of(config)
-  if args.lr_drop_episodes:
-    lr = optax.piecewise_constant_schedule(lr, {args.lr_drop_episodes // args.batch_size: args.lr_drop_factor})
-  optimizer = training.make_optimizer(args.optimizer, lr, clip=args.clip)
-  num_steps = math.ceil(args.episodes / args.batch_size)
-  start_step = _latest_checkpoint_step(args.workdir) if args.resume else 0
-  prior_train_seconds = _prior_train_seconds(args.workdir, start_step)
-  load_start = _load_avg()
-  t0 = time.perf_counter()
-  state, history = training.fit(
-      loss_fn, params, optimizer, num_steps=num_steps, seed=args.seed, workdir=args.workdir,
-      checkpoint_every=args.checkpoint_every, resume=args.resume, log_every=args.log_every,
-      progress=not args.no_progress, eval_every=args.eval_every, eval_fn=eval_fn,
-      max_seconds=args.max_minutes * 60,
-      mesh="auto" if args.batch_size % jax.device_count() == 0 else None)
-  train_seconds = time.perf_counter() - t0
-  train_eval_seconds = eval_seconds[0]
-  steps = int(state.step)
-  final = evaluate(state.params)
-
-  episodes_now = (steps - start_step) * args.batch_size
-  paper = PAPER.get((args.model, args.label_mode, n)) if args.samples_per_class >= 10 else None
-  results = {
-      "model": args.model, "label_mode": args.label_mode, "num_classes": n,
+def make_results(args, task: Task, run: training.Run, steps: int, final: dict | None,
+                 train_eval_seconds: float, load_start) -> dict:
+  """results.json: the final test accuracy (interrupted: the last evaluation's, with its step)."""
+  if final is None:  # interrupted: the last evaluation during training, if any
+    evals = [r for r in _records(run.path) if f"eval_acc_{task.names[0]}" in r]
+    final = evals[-1] if evals else None
+  train_seconds = run.fit_seconds
+  episodes_now = (steps - run.start_step) * args.batch_size
+  paper = task.paper
+  return {
+      "model": args.model, "label_mode": args.label_mode, "num_classes": args.num_classes,
       "samples_per_class": args.samples_per_class, "seed": args.seed,
       "steps": steps, "episodes_trained": steps * args.batch_size,
       "episodes_this_invocation": episodes_now,
@@ -279,52 +318,67 @@ def main(argv=None) -> dict:
       "episodes_per_hour": episodes_now / train_seconds * 3600 if train_seconds > 0 else None,
       "episodes_per_hour_excluding_eval": (episodes_now / (train_seconds - train_eval_seconds) * 3600
                                            if train_seconds > train_eval_seconds else None),
-      "eval_episodes": eval_chunks * eval_batch, "test_split": args.test_split,
-      "per_instance_accuracy": {name: final[f"eval_acc_{name}"] for name in names},
-      "eval_loss": final["eval_loss"],
+      "eval_episodes": task.test.num_episodes, "test_split": args.test_split,
+      "per_instance_accuracy": (None if final is None else
+                                {name: final[f"eval_acc_{name}"] for name in task.names}),
+      "eval_loss": None if final is None else final["eval_loss"],
+      **({"evaluated_at_step": final.get("step")} if final is not None and "step" in final else {}),
       "paper_per_instance_accuracy": (dict(zip([INSTANCE_NAMES[k] for k in INSTANCES],
                                                [v / 100 for v in paper])) if paper else None),
-      "config": config, "device": str(jax.devices()[0]), "cpu_count": os.cpu_count(),
+      "config": run.config, "device": str(jax.devices()[0]), "cpu_count": os.cpu_count(),
       "load_average_start_end": [load_start, _load_avg()],
       "note": "episodes/hour measured on a shared CPU (other jobs running; see load averages)",
       "date": time.strftime("%Y-%m-%d"),
   }
-  write_json(os.path.join(args.workdir, "results.json"), results)
-
-  print(f"\n{args.model.upper()} {n}-way {args.label_mode}, {steps * args.batch_size} episodes, "
-        f"{results['episodes_per_hour']:.0f} episodes/hour; test accuracy (%) by instance:")
-  print("            " + " ".join(f"{name:>6}" for name in names))
-  print("  memjax    " + " ".join(f"{100 * final[f'eval_acc_{name}']:6.1f}" for name in names))
-  if paper:
-    print("  paper     " + " ".join(f"{v:6.1f}" for k, v in zip(INSTANCES, paper) if k in instances))
-  if not args.no_plots:
-    plot(args, names, final, paper, instances)
-  return results
 
 
-def plot(args, names, final, paper, instances):
+def print_table(args, task: Task, results: dict) -> None:
+  acc = results["per_instance_accuracy"]
+  rate = results["episodes_per_hour"]
+  print(f"\n{args.model.upper()} {args.num_classes}-way {args.label_mode}, {results['episodes_trained']} "
+        f"episodes ({results['steps']} steps), {rate or 0:.0f} episodes/hour; test accuracy (%) by "
+        "instance" + (f" (evaluation at step {results['evaluated_at_step']})"
+                      if "evaluated_at_step" in results else "") + ":")
+  print("            " + " ".join(f"{name:>6}" for name in task.names))
+  if acc is not None:
+    print("  memjax    " + " ".join(f"{100 * acc[name]:6.1f}" for name in task.names))
+  if task.paper:
+    print("  paper     " + " ".join(f"{v:6.1f}" for k, v in zip(INSTANCES, task.paper)
+                                    if k in task.instances))
+
+
+def _records(workdir: str) -> list[dict]:
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    return [json.loads(line) for line in f if line.strip()]
+
+
+def plot(run: training.Run, args, task: Task, results: dict):
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
 
-  fig, ax = plt.subplots(figsize=(5, 3.5))
-  ax.plot(instances, [100 * final[f"eval_acc_{name}"] for name in names], "o-",
-          label=f"memjax {args.model.upper()}")
-  if paper:
-    ax.plot(INSTANCES, paper, "s--", color="gray", label=f"Santoro et al. 2016 {args.model.upper()}")
-  ax.set_xlabel("instance (presentation of the class)")
-  ax.set_ylabel("test accuracy (%)")
-  ax.set_xticks(list(instances))
-  ax.set_ylim(0, 100)
-  ax.set_title(f"Omniglot {args.num_classes}-way, {args.label_mode} labels")
-  ax.legend(loc="lower right")
-  fig.tight_layout()
-  fig.savefig(os.path.join(args.workdir, "accuracy_by_instance.png"), dpi=100)
-  plt.close(fig)
+  names, instances, paper = task.names, task.instances, task.paper
+  model = args.model.upper()
+  acc = results["per_instance_accuracy"]
+  if acc is not None:
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    ax.plot(instances, [100 * acc[name] for name in names], "o-",
+            label=f"memjax {model}, {results['episodes_trained']:,} episodes")
+    if paper:
+      ax.plot(INSTANCES, paper, "s--", color="gray", label=f"Santoro et al. 2016 {model}")
+    ax.axhline(100 / args.num_classes, color="gray", ls=":", lw=1, label="chance (1st instance)")
+    ax.set_xlabel("instance (presentation of the class in the episode)")
+    ax.set_ylabel(f"test accuracy (%), {results['eval_episodes']} episodes")
+    ax.set_xticks(list(instances))
+    ax.set_ylim(0, 100)
+    ax.set_title(f"{model} Omniglot {args.num_classes}-way, {args.label_mode} labels: accuracy by instance",
+                 fontsize=9)
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(run.output("accuracy_by_instance.png"), dpi=100)
+    plt.close(fig)
 
-  with open(os.path.join(args.workdir, "metrics.jsonl")) as f:
-    records = [json.loads(line) for line in f if line.strip()]
-  ev = [r for r in records if "eval_acc_1st" in r]
+  ev = [r for r in _records(run.path) if "eval_acc_1st" in r]
   if not ev:
     return
   fig, ax = plt.subplots(figsize=(7, 4))
@@ -334,14 +388,14 @@ def plot(args, names, final, paper, instances):
                     label=name)
     if k in paper_at:  # the paper's figure for this instance, same colour, dashed
       ax.axhline(paper_at[k], color=line.get_color(), linestyle="--", linewidth=0.8)
-  ax.set_xlabel("training episodes")
+  ax.set_xlabel(f"training episodes ({args.batch_size} per step)")
   ax.set_ylabel(f"test accuracy (%), {args.eval_episodes} episodes")
   ax.set_ylim(0, 100)
-  ax.set_title(f"{args.model.upper()} Omniglot {args.num_classes}-way {args.label_mode}: accuracy by "
+  ax.set_title(f"{model} Omniglot {args.num_classes}-way {args.label_mode}: accuracy by "
                "instance during training" + ("\n(dashed: Santoro et al. 2016)" if paper else ""), fontsize=9)
   ax.legend(title="instance", fontsize=8, loc="lower right")
   fig.tight_layout()
-  fig.savefig(os.path.join(args.workdir, "accuracy_curve.png"), dpi=100)
+  fig.savefig(run.output("accuracy_curve.png"), dpi=100)
   plt.close(fig)
 
 

@@ -1,12 +1,16 @@
-"""Trace-time argument validation shared by memjax's public functions.
+"""Argument validation shared by memjax's public functions and command lines.
 
-Every check runs on static shapes and dtypes, so it costs nothing at run time
-and fires once, when a function is traced, with a message that names the
-argument, the expected shape and the given one.
+The array checks run on static shapes and dtypes, so they cost nothing at run
+time and fire once, when a function is traced, with a message that names the
+argument, the expected shape and the given one. The command-line validators
+(:func:`positive_int`, :func:`positive_float`, ...) are argparse ``type=``
+functions: a bad value becomes argparse's usage message and exit code 2.
 """
 
 from __future__ import annotations
 
+import argparse
+import math
 from typing import Sequence
 
 import jax.numpy as jnp
@@ -65,6 +69,52 @@ def check_scalar(name: str, x) -> jnp.ndarray:
 
 
 def check_positive_int(name: str, value) -> int:
+  """Checks that ``value`` is a Python or numpy int >= 1 (not a bool); returns it as int."""
   if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < 1:
     raise ValueError(f"argument `{name}`: expected a positive int, got {value!r}")
   return int(value)
+
+
+# ----------------------------------------------------------------------------
+# Command-line values (argparse ``type=`` functions).
+
+
+def _number(text, cast, what, ok):
+  try:
+    value = cast(text)
+  except ValueError:
+    raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+  if not ok(value):
+    raise argparse.ArgumentTypeError(f"expected {what}, got {value}")
+  return value
+
+
+def positive_int(text) -> int:
+  return _number(text, int, "a positive integer", lambda v: v >= 1)
+
+
+def non_negative_int(text) -> int:
+  return _number(text, int, "a non-negative integer", lambda v: v >= 0)
+
+
+def positive_float(text) -> float:
+  return _number(text, float, "a positive number", lambda v: v > 0 and math.isfinite(v))
+
+
+def non_negative_float(text) -> float:
+  return _number(text, float, "a non-negative number", lambda v: v >= 0 and math.isfinite(v))
+
+
+def unit_float(text) -> float:
+  return _number(text, float, "a number in [0, 1]", lambda v: 0 <= v <= 1)
+
+
+def int_list(text) -> list[int]:
+  """Comma-separated positive integers, e.g. ``20,40,80``."""
+  try:
+    values = [int(v) for v in text.split(",") if v]
+  except ValueError:
+    raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+  if not values or min(values) < 1:
+    raise argparse.ArgumentTypeError(f"expected comma-separated positive integers, got {text!r}")
+  return values

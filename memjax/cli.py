@@ -1,57 +1,74 @@
 """Small helpers shared by the experiment scripts' command lines.
 
-The argparse types turn a bad value into argparse's usage message and exit code
-2 (not a traceback); :func:`write_json` writes a file atomically, so a killed run
-never leaves half a results file.
+The argparse types (from :mod:`memjax._checks`, re-exported here) turn a bad
+value into argparse's usage message and exit code 2 (not a traceback);
+:class:`HelpFormatter` shows every flag's default in ``--help``;
+:func:`load_omniglot` turns a missing data directory into a short usage error;
+:func:`write_json` writes a file atomically, so a killed run never leaves half
+a results file; :func:`run` is every experiment's ``__main__``.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
-import math
 import os
+import sys
+
+from memjax._checks import (int_list, non_negative_float, non_negative_int, positive_float,
+                            positive_int, unit_float)
+
+__all__ = ["HelpFormatter", "enable_compilation_cache", "int_list", "load_omniglot",
+           "non_negative_float", "non_negative_int", "parser", "positive_float", "positive_int",
+           "run", "unit_float", "write_json"]
 
 
-def _number(text, cast, what, ok):
-  try:
-    value = cast(text)
-  except ValueError:
-    raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
-  if not ok(value):
-    raise argparse.ArgumentTypeError(f"expected {what}, got {value}")
-  return value
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+  """``--help`` with every option's default, flags without help text included."""
+
+  def _format_action(self, action):
+    if not action.help and action.option_strings and action.default is not argparse.SUPPRESS:
+      action = copy.copy(action)
+      action.help = " "
+    return super()._format_action(action)
 
 
-def positive_int(text) -> int:
-  return _number(text, int, "a positive integer", lambda v: v >= 1)
+def parser(doc: str, **kwargs) -> argparse.ArgumentParser:
+  """An experiment's parser: the first paragraph of ``doc`` as description,
+  :class:`HelpFormatter` (every default shown)."""
+  return argparse.ArgumentParser(description=doc.split("\n\n")[0], formatter_class=HelpFormatter,
+                                 **kwargs)
 
 
-def non_negative_int(text) -> int:
-  return _number(text, int, "a non-negative integer", lambda v: v >= 0)
+def load_omniglot(parser: argparse.ArgumentParser, data_dir: str | None, *splits: str,
+                  image_size: int):
+  """Loads Omniglot splits for an experiment; returns one ``[C, 20, S, S]`` array per split.
+
+  A ``--data-dir`` (or ``$MEMJAX_DATA_DIR``) that does not exist, or archives
+  that are missing and cannot be downloaded, end the program with a short
+  message naming both, the files expected, and exit code 2 (``parser.error``),
+  before anything is written.
+  """
+  from memjax.data import omniglot
+
+  given = data_dir or os.environ.get("MEMJAX_DATA_DIR") or None
+  source = "--data-dir" if data_dir else "$MEMJAX_DATA_DIR"
+  files = ", ".join(dict.fromkeys(f"{omniglot.ARCHIVES[a].name}.zip"
+                                  for s in splits for a in omniglot.SPLITS[s]))
+  hint = (f"pass --data-dir (or set $MEMJAX_DATA_DIR to) the folder that holds {files} "
+          f"(from {omniglot.BASE_URL}) or the folders they extract to")
+  if given is not None and not os.path.isdir(os.path.expanduser(given)):
+    parser.error(f"{source} {given}: no such directory; {hint}")
+  out = []
+  for split in splits:
+    try:
+      out.append(omniglot.load(split, image_size, data_dir).images)
+    except (FileNotFoundError, ValueError) as e:
+      parser.error(f"cannot load Omniglot split {split!r}: {str(e).splitlines()[0]}\n{hint}")
+  return out
 
 
-def positive_float(text) -> float:
-  return _number(text, float, "a positive number", lambda v: v > 0 and math.isfinite(v))
-
-
-def non_negative_float(text) -> float:
-  return _number(text, float, "a non-negative number", lambda v: v >= 0 and math.isfinite(v))
-
-
-def unit_float(text) -> float:
-  return _number(text, float, "a number in [0, 1]", lambda v: 0 <= v <= 1)
-
-
-def int_list(text) -> list[int]:
-  """Comma-separated positive integers, e.g. ``20,40,80``."""
-  try:
-    values = [int(v) for v in text.split(",") if v]
-  except ValueError:
-    raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
-  if not values or min(values) < 1:
-    raise argparse.ArgumentTypeError(f"expected comma-separated positive integers, got {text!r}")
-  return values
 
 
 def write_json(path: str, obj) -> None:
@@ -97,9 +114,7 @@ def enable_compilation_cache(path: str | None = None) -> str | None:
 def run(main) -> None:
   """Runs an experiment's ``main()`` with the persistent compilation cache on
   (:func:`enable_compilation_cache`); a diverged run exits 1 with its message,
-  not a traceback."""
-  import sys
-
+  not a traceback (an interrupted one exits 130/143, see :class:`memjax.training.Run`)."""
   from memjax.training import NonFiniteError
   enable_compilation_cache()
   try:

@@ -25,8 +25,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import sys
 import time
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable, Mapping, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -109,6 +111,27 @@ def init_state(params, optimizer: optax.GradientTransformation) -> TrainState:
   return TrainState(jnp.zeros((), jnp.int32), params, optimizer.init(params))
 
 
+def _checked(loss_fn: LossFn) -> LossFn:
+  """``loss_fn`` with its return value checked (at trace time) against the contract."""
+
+  def checked(params, key):
+    out = loss_fn(params, key)
+    if not (isinstance(out, (tuple, list)) and len(out) == 2 and isinstance(out[1], Mapping)):
+      got = (f"a {type(out).__name__} of length {len(out)}" if isinstance(out, (tuple, list))
+             else f"{type(out).__name__} {getattr(out, 'shape', '')}".strip())
+      raise TypeError(
+          "argument `loss_fn`: expected a function (params, key) -> (loss, metrics) returning a "
+          f"scalar loss and a dict of scalar metrics, got {got}; return `loss, {{}}` when there "
+          "are no metrics")
+    loss, metrics = out
+    if jnp.shape(loss) != ():
+      raise TypeError(f"argument `loss_fn`: expected a scalar loss (shape []), got shape "
+                      f"{list(jnp.shape(loss))}")
+    return loss, dict(metrics)
+
+  return checked
+
+
 def make_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, seed_key: jax.Array,
               mesh: Mesh | None = None):
   """Returns ``step(state) -> (new_state, loss, metrics, finite)``, jitted.
@@ -120,7 +143,7 @@ def make_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, seed_key
 
   def step(state: TrainState):
     key = jax.random.fold_in(seed_key, state.step)
-    (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, key)
+    (loss, metrics), grads = jax.value_and_grad(_checked(loss_fn), has_aux=True)(state.params, key)
     finite = jnp.isfinite(loss) & jnp.all(
         jnp.stack([jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)]))
 
@@ -167,10 +190,6 @@ class _Checkpointer:
   def save(self, state: TrainState):
     step = int(state.step)
     self.manager.save(step, args=self._ocp.args.StandardSave(state), force=True)
-    # Fault injection for the crash-recovery tests: die while the (asynchronous)
-    # write of this step's checkpoint is still in flight.
-    if os.environ.get("MEMJAX_FAULT_KILL_DURING_SAVE") == str(step):
-      os.kill(os.getpid(), 9)
 
   def restore(self, like: TrainState) -> TrainState:
     abstract = jax.tree.map(self._ocp.utils.to_shape_dtype_struct, like)
@@ -222,14 +241,63 @@ def _truncate_metrics(path: str, last_step: int):
   os.replace(tmp, path)
 
 
+def _format_seconds(seconds: float) -> str:
+  seconds = max(0, int(round(seconds)))
+  h, rem = divmod(seconds, 3600)
+  return f"{h}:{rem // 60:02d}:{rem % 60:02d}" if h else f"{rem // 60:02d}:{rem % 60:02d}"
+
+
+class _Progress:
+  """A tqdm bar whose text shows the loss, the latest evaluation as measured,
+  and an ETA that counts to the earliest of: the last step, a stop scheduled by
+  ``stop_fn`` and the wall-time budget."""
+
+  def __init__(self, total: int, initial: int, enabled: bool, describe):
+    from tqdm.auto import tqdm
+    self.total, self.start, self.describe = total, initial, describe
+    self.bar = tqdm(total=total, initial=initial, disable=not enabled, dynamic_ncols=True,
+                    bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}{postfix}]")
+    self.loss_text = self.eval_text = ""
+    self.t_first = self.n_first = None
+
+  def update(self, done: int, record: dict | None, end_step: int, seconds_left: float | None):
+    now = time.perf_counter()
+    if self.t_first is None:  # timed from the first step on: compilation excluded
+      self.t_first, self.n_first = now, done
+    if record is not None:
+      self.loss_text = f"loss {record['loss']:.4g}"
+      text = self.describe(record) if self.describe is not None else None
+      self.eval_text = text or self.eval_text
+    eta, why = None, ""
+    if done > self.n_first and now > self.t_first:
+      eta = (min(end_step, self.total) - done) * (now - self.t_first) / (done - self.n_first)
+      why = " (early stop)" if end_step < self.total else ""
+    if seconds_left is not None and (eta is None or seconds_left < eta):
+      eta, why = seconds_left, " (time limit)"
+    parts = [self.loss_text, self.eval_text] + ([f"eta {_format_seconds(eta)}{why}"] if eta is not None
+                                                else [])
+    self.bar.set_postfix_str(", ".join(p for p in parts if p), refresh=False)
+    self.bar.update(1)
+
+  def close(self):
+    self.bar.close()
+
+
 def fit(loss_fn: LossFn, params, optimizer: optax.GradientTransformation, *, num_steps: int,
         seed: int = 0, workdir: str | None = None, checkpoint_every: int = 500, keep: int = 3,
         resume: bool = False, log_every: int = 50, progress: bool = True,
         eval_every: int = 0, eval_fn: Callable[[Any, int], dict] | None = None,
-        stop_fn: Callable[[dict], bool] | None = None,
+        stop_fn: Callable[[dict], bool | int] | None = None,
         max_seconds: float | None = None,
-        mesh: Mesh | str | None = "auto") -> tuple[TrainState, list[dict]]:
+        mesh: Mesh | str | None = "auto", batch_size: int | None = None,
+        describe: Callable[[dict], str | None] | None = None,
+        should_stop: Callable[[], bool] | None = None) -> tuple[TrainState, list[dict]]:
   """Trains ``params`` to minimise ``loss_fn`` for ``num_steps`` steps.
+
+  The loss contract: ``loss_fn(params, key) -> (loss, metrics)``, where
+  ``loss`` is a scalar array and ``metrics`` a dict of scalar arrays (``{}``
+  when there are none); ``key`` is the step's PRNG key, from which the function
+  draws its own batch. A bare scalar return is rejected with a ``TypeError``.
 
   Args:
     loss_fn: ``(params, key) -> (scalar loss, dict of scalar metrics)``; builds
@@ -247,12 +315,19 @@ def fit(loss_fn: LossFn, params, optimizer: optax.GradientTransformation, *, num
     progress: show a tqdm bar.
     eval_every / eval_fn: every ``eval_every`` steps call ``eval_fn(params,
       step) -> dict``; its values are added to that step's metrics line.
-    stop_fn: called with each eval record; returning True ends training early
-      (after a checkpoint).
+    stop_fn: called with each eval record; True ends training now, an int S
+      ends it at the first evaluation at or after step S (the progress bar's
+      ETA counts to it); False/None goes on. Training ends after a checkpoint.
     max_seconds: stop (after a checkpoint) once this much training wall time
       has passed (compile time included).
-    mesh: ``"auto"`` — all devices when there are several, else none; a
-      :class:`jax.sharding.Mesh` with a ``"data"`` axis; or None (no mesh).
+    mesh: ``"auto"`` — all devices when there are several (and they divide
+      ``batch_size``, when given), else none; a :class:`jax.sharding.Mesh`
+      with a ``"data"`` axis; or None (no mesh).
+    batch_size: the loss function's batch size, for ``mesh="auto"``.
+    describe: ``record -> text`` for the progress bar (e.g. the evaluation
+      metric as measured); None, or a None return, keeps the previous text.
+    should_stop: polled after every step; True stops training after a
+      checkpoint (:class:`Run` uses it for Ctrl-C and SIGTERM).
 
   Returns:
     ``(final TrainState, list of metric records)``.
@@ -260,9 +335,8 @@ def fit(loss_fn: LossFn, params, optimizer: optax.GradientTransformation, *, num
   Raises:
     NonFiniteError: a loss or gradient was NaN/Inf; the last checkpoint is
       the last good state.
+    TypeError: ``loss_fn`` breaks the loss contract.
   """
-  from tqdm.auto import tqdm
-
   if num_steps < 0:
     raise ValueError(f"argument `num_steps`: expected >= 0, got {num_steps}")
   seed_key = jax.random.key(seed)
@@ -277,18 +351,15 @@ def fit(loss_fn: LossFn, params, optimizer: optax.GradientTransformation, *, num
   elif metrics_path and os.path.exists(metrics_path):
     os.remove(metrics_path)
 
-  if isinstance(mesh, str):
-    if mesh != "auto":
-      raise ValueError(f"argument `mesh`: expected 'auto', a Mesh or None, got {mesh!r}")
-    mesh = data_mesh() if jax.device_count() > 1 else None
+  mesh = choose_mesh(mesh, batch_size)
   if mesh is not None:
     state = replicate(state, mesh)
   step_fn = make_step(loss_fn, optimizer, seed_key, mesh)
   history: list[dict] = []
   start = int(state.step)
   t0 = time.perf_counter()
-  bar = tqdm(total=num_steps, initial=start, disable=not progress, dynamic_ncols=True)
-  stop = False
+  bar = _Progress(num_steps, start, progress, describe)
+  stop, end_step = False, num_steps
   try:
     for s in range(start, num_steps):
       new_state, loss, metrics, finite = step_fn(state)
@@ -307,17 +378,23 @@ def fit(loss_fn: LossFn, params, optimizer: optax.GradientTransformation, *, num
                             "wall_time": time.perf_counter() - t0}
         record.update({k: float(v) for k, v in eval_fn(state.params, done).items()})
         record["wall_time"] = time.perf_counter() - t0
-        if stop_fn is not None and stop_fn(record):
-          stop = True
-      if max_seconds is not None and time.perf_counter() - t0 >= max_seconds:
+        verdict = stop_fn(record) if stop_fn is not None else None
+        if isinstance(verdict, (bool, np.bool_)) or verdict is None:
+          stop = stop or bool(verdict)
+        else:
+          end_step = min(num_steps, -(-int(verdict) // eval_every) * eval_every)
+          stop = stop or done >= int(verdict)
+      elapsed = time.perf_counter() - t0
+      if max_seconds is not None and elapsed >= max_seconds:
+        stop = True
+      if should_stop is not None and should_stop():
         stop = True
       if record is not None:
         history.append(record)
         if metrics_path:
           with open(metrics_path, "a") as f:
             f.write(json.dumps(record) + "\n")
-        bar.set_postfix(loss=f"{record['loss']:.4f}")
-      bar.update(1)
+      bar.update(done, record, end_step, None if max_seconds is None else max_seconds - elapsed)
       if ckpt is not None and (done % checkpoint_every == 0 or done == num_steps or stop):
         ckpt.save(state)
       if stop:
@@ -327,3 +404,309 @@ def fit(loss_fn: LossFn, params, optimizer: optax.GradientTransformation, *, num
     if ckpt is not None:
       ckpt.close()
   return state, history
+
+
+def choose_mesh(mesh: Mesh | str | None = "auto", batch_size: int | None = None) -> Mesh | None:
+  """The mesh :func:`fit` trains under: ``"auto"`` gives :func:`data_mesh`
+  when there are several devices and they divide ``batch_size`` (when given),
+  else None; a Mesh or None is returned as is."""
+  if not isinstance(mesh, str):
+    return mesh
+  if mesh != "auto":
+    raise ValueError(f"argument `mesh`: expected 'auto', a Mesh or None, got {mesh!r}")
+  n = jax.device_count()
+  if n == 1 or (batch_size is not None and batch_size % n):
+    return None
+  return data_mesh()
+
+
+# ----------------------------------------------------------------------------
+# Evaluation and run folders.
+
+EVAL_SEED = 2**31 - 1
+"""The evaluation seed: never a training key, since those are ``fold_in(key(seed), step)``
+for small step numbers under a training seed."""
+
+
+def eval_key(*path: int) -> jax.Array:
+  """The evaluation PRNG key, ``key(EVAL_SEED)`` folded in with each of ``path``.
+
+  Every experiment draws its test data from it, so the same weights always meet
+  the same test sequences or episodes: ``eval_key()`` for one test set,
+  ``eval_key(i)`` for the i-th of several.
+  """
+  key = jax.random.key(EVAL_SEED)
+  for i in path:
+    key = jax.random.fold_in(key, i)
+  return key
+
+
+def evaluate(metrics_fn: Callable[[Any], Mapping], params, *, prefix: str = "") -> dict[str, float]:
+  """``metrics_fn(params)`` as a dict of Python floats, keys prefixed with ``prefix``.
+
+  Args:
+    metrics_fn: ``params -> {name: scalar}``, e.g. a jitted evaluation over a
+      fixed test set drawn from :func:`eval_key`.
+    params: the model's parameters.
+    prefix: prepended to every name (e.g. ``"eval_"`` for metrics lines).
+  """
+  return {prefix + k: float(v) for k, v in metrics_fn(params).items()}
+
+
+class ConfigMismatchError(ValueError):
+  """``resume`` was asked with a configuration other than the saved one."""
+
+
+class Interrupted(KeyboardInterrupt):
+  """A second Ctrl-C / SIGTERM (or one during an abortable step) of a :class:`Run`.
+
+  Attributes:
+    signum: the signal number; ``exit_code`` is ``128 + signum`` (130 SIGINT, 143 SIGTERM).
+  """
+
+  def __init__(self, signum: int):
+    super().__init__(signal.Signals(signum).name)
+    self.signum = signum
+    self.exit_code = 128 + signum
+
+
+def _same(a, b, is_path: bool) -> bool:
+  if is_path and isinstance(a, str) and isinstance(b, str):
+    return os.path.realpath(os.path.expanduser(a)) == os.path.realpath(os.path.expanduser(b))
+  if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+    return list(a) == list(b)
+  return a == b
+
+
+class Run:
+  """A run folder and the life of one training invocation in it.
+
+  Creating a ``Run`` checks and writes ``config.json``: with ``resume`` and a
+  saved configuration, the keys ``compare`` (default: all of ``config``) must
+  match it, paths (``path_keys``) compared resolved; otherwise
+  :class:`ConfigMismatchError` names every differing key. Create it after the
+  inputs (data, flags) are checked, so that a bad invocation leaves no folder.
+
+  As a context manager it handles Ctrl-C and SIGTERM: the first signal during
+  :meth:`fit` ends training after the current step with a checkpoint; during
+  :meth:`step` it abandons that step; later steps are skipped unless
+  ``always``. :meth:`write_results` then records ``"interrupted": true``, and
+  leaving the ``with`` block prints where the results are and exits with
+  ``128 + signal`` (130 for SIGINT, 143 for SIGTERM) — no traceback. A second
+  signal aborts at once (same exit code). ``--resume`` continues from the
+  checkpoint.
+
+  Args:
+    workdir: the run folder.
+    config: the configuration to save.
+    resume: continue the run saved in ``workdir`` (if any).
+    compare: keys that must match the saved configuration (None: all of ``config``).
+    defaults: values of keys missing from the saved configuration.
+    upgrade: ``saved config -> saved config`` in today's keys (renamed flags).
+    amend: ``(config, saved config or None, start step)``, changes ``config``
+      in place before it is saved (e.g. a learning-rate history).
+    path_keys: keys compared as paths (resolved: relative and absolute agree).
+    error: called with the message instead of raising (e.g. ``parser.error``).
+    verbose: print what the run is doing and where its results are.
+
+  A script's shape::
+
+    run = training.Run(args.workdir, config, resume=args.resume, compare=KEYS, error=parser.error)
+    with run:
+      state, history = run.fit(loss_fn, params, optimizer, num_steps=..., ...)
+      extra = run.step("testing generalisation", lambda: ...)   # None if interrupted
+      run.write_results({...})
+      run.step("plotting", plot, ..., always=True)
+
+  Attributes:
+    path: the run folder.
+    config: the configuration saved in ``config.json``.
+    saved_config: the configuration found there on resume (after ``upgrade``), else None.
+    start_step: the latest checkpoint's step when resuming, else 0.
+    prior_train_seconds: training seconds (evaluations excluded) recorded in
+      ``metrics.jsonl`` up to ``start_step`` by earlier invocations.
+    signum: the signal that interrupted the run, or None.
+    eval_seconds: seconds spent in :meth:`evaluate` during :meth:`fit`.
+  """
+
+  def __init__(self, workdir: str, config: dict, *, resume: bool = False,
+               compare: Sequence[str] | None = None, defaults: Mapping | None = None,
+               upgrade: Callable[[dict], dict] | None = None,
+               amend: Callable[[dict, dict | None, int], None] | None = None,
+               path_keys: Sequence[str] = ("workdir", "data_dir"),
+               error: Callable[[str], Any] | None = None, verbose: bool = True):
+    self.path = str(workdir)
+    self.resume = resume
+    self.verbose = verbose
+    self.signum: int | None = None
+    self.eval_seconds = 0.0
+    self.files: list[str] = []
+    self._mode = None
+    self._handlers: dict = {}
+    self._fit_t0: float | None = None
+    config_path = os.path.join(self.path, "config.json")
+    self.saved_config = None
+    if resume and os.path.exists(config_path):
+      with open(config_path) as f:
+        self.saved_config = json.load(f)
+      if upgrade is not None:
+        self.saved_config = upgrade(self.saved_config)
+      defaults = defaults or {}
+      keys = list(config) if compare is None else list(compare)
+      changed = [k for k in keys if not _same(self.saved_config.get(k, defaults.get(k)), config.get(k),
+                                              k in path_keys)]
+      if changed:
+        detail = ", ".join(f"{k}: saved {self.saved_config.get(k, defaults.get(k))!r}, now "
+                           f"{config.get(k)!r}" for k in changed)
+        message = (f"--resume with a different configuration than {config_path}: "
+                   f"{sorted(changed)} ({detail})")
+        if error is not None:
+          error(message)
+        raise ConfigMismatchError(message)
+    self.start_step = _latest_checkpoint_step(self.path) if resume else 0
+    self.prior_train_seconds = _prior_train_seconds(self.path, self.start_step)
+    self.config = dict(config)
+    if amend is not None:
+      amend(self.config, self.saved_config, self.start_step)
+    os.makedirs(self.path, exist_ok=True)
+    _write_json(config_path, self.config)
+
+  # -- signals ---------------------------------------------------------------
+
+  def __enter__(self) -> "Run":
+    import threading
+    if threading.current_thread() is threading.main_thread():
+      for sig in (signal.SIGINT, signal.SIGTERM):
+        self._handlers[sig] = signal.signal(sig, self._on_signal)
+    return self
+
+  def __exit__(self, exc_type, exc, tb):
+    for sig, handler in self._handlers.items():
+      signal.signal(sig, handler)
+    self._handlers = {}
+    if exc_type is not None and issubclass(exc_type, KeyboardInterrupt):
+      self.signum = self.signum or getattr(exc, "signum", signal.SIGINT)
+      print(f"\naborted ({signal.Signals(self.signum).name}); the last checkpoint is in "
+            f"{os.path.join(self.path, 'checkpoints')}", file=sys.stderr, flush=True)
+      sys.exit(128 + self.signum)
+    if exc_type is not None:
+      return False
+    self.say(self.summary())
+    if self.signum is not None:
+      sys.exit(128 + self.signum)
+    return False
+
+  def _on_signal(self, signum, frame):
+    first = self.signum is None
+    self.signum = self.signum or signum
+    if first and self._mode != "abortable":
+      print(f"\n{signal.Signals(signum).name}: stopping after this step, writing a checkpoint, "
+            "partial results and plots (again to abort)", file=sys.stderr, flush=True)
+      return
+    raise Interrupted(self.signum)
+
+  @property
+  def interrupted(self) -> bool:
+    return self.signum is not None
+
+  # -- training and evaluation -------------------------------------------------
+
+  def fit(self, loss_fn: LossFn, params, optimizer: optax.GradientTransformation, **kwargs):
+    """:func:`fit` in this folder (``workdir``, ``resume`` from the run); stops
+    gracefully on the first Ctrl-C / SIGTERM."""
+    self._fit_t0 = time.perf_counter()
+    self.eval_seconds = 0.0
+    self._mode = "graceful"
+    try:
+      return fit(loss_fn, params, optimizer, workdir=self.path, resume=self.resume,
+                 should_stop=lambda: self.signum is not None, **kwargs)
+    finally:
+      self._mode = None
+      self.fit_seconds = time.perf_counter() - self._fit_t0
+
+  def evaluate(self, metrics_fn: Callable[[Any], Mapping], params, *, prefix: str = "") -> dict:
+    """:func:`evaluate`, its time added to :attr:`eval_seconds`."""
+    t0 = time.perf_counter()
+    out = evaluate(metrics_fn, params, prefix=prefix)
+    self.eval_seconds += time.perf_counter() - t0
+    return out
+
+  def train_seconds(self) -> float:
+    """Training wall time so far, evaluations excluded, earlier invocations included."""
+    now = time.perf_counter() if self._fit_t0 is not None else 0.0
+    return self.prior_train_seconds + now - (self._fit_t0 or 0.0) - self.eval_seconds
+
+  def step(self, message: str, fn: Callable, *args, always: bool = False, **kwargs):
+    """Says ``message`` and returns ``fn(*args, **kwargs)``; None when the run
+    was interrupted before (unless ``always``) or during it."""
+    if self.signum is not None and not always:
+      self.say(f"skipped: {message} (interrupted)")
+      return None
+    self.say(message)
+    self._mode = "abortable" if self.signum is None else None
+    try:
+      return fn(*args, **kwargs)
+    except Interrupted:
+      self.say(f"interrupted: {message}")
+      return None
+    finally:
+      self._mode = None
+
+  # -- output ------------------------------------------------------------------
+
+  def say(self, message: str) -> None:
+    if self.verbose:
+      print(message, flush=True)
+
+  def output(self, name: str) -> str:
+    """The path of output file ``name`` in the run folder, listed by :meth:`summary`."""
+    if name not in self.files:
+      self.files.append(name)
+    return os.path.join(self.path, name)
+
+  def write_results(self, results: dict, name: str = "results.json") -> str:
+    """Writes ``results`` with ``"interrupted"`` (and the signal) atomically; returns the path."""
+    results = dict(results, interrupted=self.signum is not None)
+    if self.signum is not None:
+      results["signal"] = signal.Signals(self.signum).name
+    path = self.output(name)
+    _write_json(path, results)
+    return path
+
+  def summary(self) -> str:
+    """Where the results went (and how to continue an interrupted run)."""
+    files = [f for f in self.files if os.path.exists(os.path.join(self.path, f))]
+    lines = [f"results in {self.path}/: " + ", ".join(files + ["config.json", "metrics.jsonl",
+                                                               "checkpoints/"])]
+    if self.signum is not None:
+      lines.append(f"interrupted ({signal.Signals(self.signum).name}): continue with --resume")
+    return "\n".join(lines)
+
+
+def _write_json(path: str, obj) -> None:
+  tmp = f"{path}.tmp"
+  with open(tmp, "w") as f:
+    json.dump(obj, f, indent=1)
+  os.replace(tmp, path)
+
+
+def _latest_checkpoint_step(workdir: str) -> int:
+  path = os.path.join(workdir, "checkpoints")
+  steps = [int(d) for d in os.listdir(path) if d.isdigit()] if os.path.isdir(path) else []
+  return max(steps, default=0)
+
+
+def _prior_train_seconds(workdir: str, start_step: int) -> float:
+  """Training seconds recorded up to ``start_step`` by earlier invocations (0 for a new run)."""
+  path = os.path.join(workdir, "metrics.jsonl")
+  if not start_step or not os.path.exists(path):
+    return 0.0
+  records = []
+  with open(path) as f:
+    for line in f:
+      try:
+        records.append(json.loads(line))
+      except json.JSONDecodeError:
+        continue
+  done = [r["train_seconds"] for r in records if "train_seconds" in r and r["step"] <= start_step]
+  return done[-1] if done else 0.0
