@@ -10,9 +10,11 @@ One step, for inputs x_t and the previous state:
 
 1. controller input = [x_t, r_{t−1}] (all previous read vectors);
 2. controller output h_t (LSTM or feed-forward);
-3. every head's parameters from h_t: key k (linear), β = softplus, g = σ,
-   s = softmax over 2K+1 offsets, γ = 1 + softplus; write heads also emit
-   erase e = σ and add a = tanh;
+3. every head's parameters from h_t, each its own linear projection named
+   after its symbol: key k (``key``), β = softplus (``beta``), g = σ
+   (``gate``), s = softmax over 2K+1 offsets (``shift``), γ = 1 + softplus
+   (``gamma``); write heads also emit erase e = σ (``erase``) and add
+   a = tanh (``add``);
 4. every head addresses M_{t−1} (:func:`memjax.addressing.ntm_address`);
 5. read heads read r_t from M_{t−1} (eq. 2), write heads erase then add
    (eqs. 3–4) to give M_t;
@@ -34,10 +36,18 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from memjax import _checks, addressing
+from memjax import _cell, addressing
 from memjax import memory as memory_lib
+from memjax._cell import MEMORY_INIT_CONSTANT, trajectory
 
-MEMORY_INIT_CONSTANT = 1e-6
+__all__ = ["MEMORY_INIT_CONSTANT", "NTMCell", "NTMHeads", "NTMState", "convert_legacy_params", "is_legacy",
+           "trajectory"]
+
+# The head projections, in the order of the paper's §3.3.1; write heads also have "erase", "add".
+HEAD_PARAMS = ("key", "beta", "gate", "shift", "gamma")
+WRITE_PARAMS = ("erase", "add")
+# The single Dense layers of earlier NTMCell parameter trees (see convert_legacy_params).
+LEGACY_PARAMS = ("addressing", "erase_add")
 
 
 class NTMState(NamedTuple):
@@ -60,7 +70,28 @@ class NTMState(NamedTuple):
   step: jax.Array
 
 
-class NTMCell(nn.RNNCellBase):
+class NTMHeads(NamedTuple):
+  """Every head's parameters at one step (Graves et al. 2014, §3.3), H = R + W heads, read heads first.
+
+  Attributes:
+    key: [..., H, M] key k (eq. 5).
+    beta: [..., H] key strength β ≥ 0 (eq. 5).
+    gate: [..., H] interpolation gate g ∈ (0, 1) (eq. 7).
+    shift: [..., H, 2K+1] shift weighting s over offsets −K..K (eq. 8).
+    gamma: [..., H] sharpening exponent γ ≥ 1 (eq. 9).
+    erase: [..., W, M] erase vectors e ∈ (0, 1)^M of the write heads (eq. 3).
+    add: [..., W, M] add vectors a ∈ (−1, 1)^M of the write heads (eq. 4).
+  """
+  key: jax.Array
+  beta: jax.Array
+  gate: jax.Array
+  shift: jax.Array
+  gamma: jax.Array
+  erase: jax.Array
+  add: jax.Array
+
+
+class NTMCell(_cell.MemoryCell):
   """Neural Turing Machine cell, usable in ``flax.linen.RNN``.
 
   Attributes:
@@ -92,10 +123,10 @@ class NTMCell(nn.RNNCellBase):
   return_state: bool = False
   param_dtype: Any = jnp.float32
 
-  def _validate(self):
-    for name in ("features", "memory_size", "word_size", "controller_features", "num_read_heads",
-                 "num_write_heads"):
-      _checks.check_positive_int(name, getattr(self, name))
+  _POSITIVE_INTS = ("features", "memory_size", "word_size", "controller_features", "num_read_heads",
+                    "num_write_heads")
+
+  def _validate_more(self):
     if not isinstance(self.shift_range, int) or self.shift_range < 0:
       raise ValueError(f"argument `shift_range`: expected an int >= 0, got {self.shift_range!r}")
     if self.controller not in ("lstm", "feedforward"):
@@ -105,8 +136,13 @@ class NTMCell(nn.RNNCellBase):
                        f"got {self.memory_init!r}")
 
   @property
-  def num_feature_axes(self) -> int:
-    return 1
+  def _num_reads(self) -> int:
+    return self.num_read_heads
+
+  def _carry_shapes(self, batch):
+    n, m, r, w = self.memory_size, self.word_size, self.num_read_heads, self.num_write_heads
+    return {"memory": batch + (n, m), "read_weights": batch + (r, n),
+            "write_weights": batch + (w, n), "reads": batch + (r, m)}
 
   @nn.nowrap
   def initialize_carry(self, rng: jax.Array, input_shape: tuple[int, ...]) -> NTMState:
@@ -120,16 +156,57 @@ class NTMCell(nn.RNNCellBase):
       mem = 0.1 * jax.random.normal(mem_rng, batch + (n, m), self.param_dtype)
     else:
       mem = jnp.full(batch + (n, m), MEMORY_INIT_CONSTANT, self.param_dtype)
-    if self.controller == "lstm":
-      ctrl = nn.OptimizedLSTMCell(self.controller_features, param_dtype=self.param_dtype,
-                                  parent=None).initialize_carry(rng, batch + (1,))
-    else:
-      ctrl = ()
+    ctrl = self._initial_lstm_carry(rng, batch) if self.controller == "lstm" else ()
     one_hot = jax.nn.one_hot(0, n, dtype=self.param_dtype)
     read_w = jnp.broadcast_to(one_hot, batch + (r, n))
     write_w = jnp.broadcast_to(one_hot, batch + (w, n))
     reads = jnp.broadcast_to(mem[..., None, 0, :], batch + (r, m))
     return NTMState(ctrl, mem, read_w, write_w, reads, jnp.zeros(batch, jnp.int32))
+
+  def _heads(self, h: jax.Array) -> NTMHeads:
+    """Every head's parameters from the controller output h [..., C] (Graves et al. 2014, §3.3.1).
+
+    Each quantity is its own linear projection of h, for all H = R + W heads
+    at once (read heads first):
+    k = W_k h + b_k; β = softplus(W_β h + b_β); g = σ(W_g h + b_g);
+    s = softmax(W_s h + b_s) over 2K+1 offsets; γ = 1 + softplus(W_γ h + b_γ);
+    for the W write heads e = σ(W_e h + b_e) and a = tanh(W_a h + b_a).
+    """
+    m, s = self.word_size, 2 * self.shift_range + 1
+    heads, w = self.num_read_heads + self.num_write_heads, self.num_write_heads
+    batch = h.shape[:-1]
+    proj = lambda name, num, size: self._dense(h, num * size, name).reshape(batch + (num, size))
+    return NTMHeads(
+        key=proj("key", heads, m),
+        beta=jax.nn.softplus(proj("beta", heads, 1)[..., 0]),
+        gate=jax.nn.sigmoid(proj("gate", heads, 1)[..., 0]),
+        shift=jax.nn.softmax(proj("shift", heads, s), axis=-1),
+        gamma=1.0 + jax.nn.softplus(proj("gamma", heads, 1)[..., 0]),
+        erase=jax.nn.sigmoid(proj("erase", w, m)),
+        add=jnp.tanh(proj("add", w, m)))
+
+  @nn.nowrap
+  def _memory_step(self, memory: jax.Array, w_prev: jax.Array, heads: NTMHeads):
+    """Addressing, read and write for one example (Graves et al. 2014, eqs. 2–9).
+
+    Args:
+      memory: [N, M] memory M_{t−1}.
+      w_prev: [H, N] previous weightings, read heads first.
+      heads: :class:`NTMHeads` of this example (no batch axes).
+
+    Returns:
+      ``(M_t [N, M], read weightings [R, N], write weightings [W, N], reads [R, M])``.
+    """
+    r, w = self.num_read_heads, self.num_write_heads
+    weights = jax.vmap(addressing.ntm_address, in_axes=(None, 0, 0, 0, 0, 0, 0))(
+        memory, heads.key, heads.beta, heads.gate, heads.shift, heads.gamma, w_prev)
+    read_w, write_w = weights[:r], weights[r:]
+    reads = jax.vmap(memory_lib.read, in_axes=(None, 0))(memory, read_w)
+    if w == 1:
+      new_mem = memory_lib.write(memory, write_w[0], heads.erase[0], heads.add[0])
+    else:
+      new_mem = memory_lib.write_heads(memory, write_w, heads.erase, heads.add)
+    return new_mem, read_w, write_w, reads
 
   @nn.compact
   def __call__(self, carry: NTMState, inputs: jax.Array):
@@ -143,20 +220,12 @@ class NTMCell(nn.RNNCellBase):
       ``(new_carry, logits)`` with logits [..., features]; or
       ``(new_carry, (logits, new_carry))`` when ``return_state``.
     """
-    self._validate()
-    n, m, k = self.memory_size, self.word_size, self.shift_range
-    r, w = self.num_read_heads, self.num_write_heads
-    inputs = _checks.as_float_array("inputs", inputs)
-    if inputs.ndim < 1:
-      raise ValueError(f"argument `inputs`: expected shape [..., features_in], got {list(inputs.shape)}")
-    batch = inputs.shape[:-1]
-    expected = {"memory": batch + (n, m), "read_weights": batch + (r, n),
-                "write_weights": batch + (w, n), "reads": batch + (r, m)}
-    for name, shape in expected.items():
-      got = getattr(carry, name).shape
-      if tuple(got) != shape:
-        raise ValueError(f"argument `carry.{name}`: expected shape {list(shape)} "
-                         f"(inputs batch axes {list(batch)}), got {list(got)}")
+    if not self.is_initializing() and any(self.has_variable("params", n) for n in LEGACY_PARAMS):
+      raise ValueError("argument `variables`: NTMCell parameters in the old layout (one "
+                       f"{LEGACY_PARAMS[0]!r} and one {LEGACY_PARAMS[1]!r} Dense); convert them with "
+                       "memjax.ntm.convert_legacy_params(cell, variables)")
+    inputs, batch = self._check_step(carry, inputs)
+    n, m = self.memory_size, self.word_size
 
     memory = carry.memory
     if self.memory_init == "learned":
@@ -165,74 +234,88 @@ class NTMCell(nn.RNNCellBase):
       memory = jnp.where((carry.step == 0)[..., None, None], learned, memory)
 
     # 1-2. Controller.
-    ctrl_in = jnp.concatenate([inputs, carry.reads.reshape(batch + (r * m,))], axis=-1)
+    ctrl_in = self._controller_input(inputs, carry.reads, batch)
     if self.controller == "lstm":
-      ctrl_state, h = nn.OptimizedLSTMCell(self.controller_features, param_dtype=self.param_dtype,
-                                           name="controller")(carry.controller, ctrl_in)
+      ctrl_state, h = self._lstm_controller(carry.controller, ctrl_in)
     else:
       ctrl_state = ()
-      h = nn.tanh(nn.Dense(self.controller_features, param_dtype=self.param_dtype,
-                           name="controller")(ctrl_in))
+      h = nn.tanh(self._dense(ctrl_in, self.controller_features, "controller"))
 
-    # 3. Head parameters: [key M, β, g, s 2K+1, γ] per head; write heads add [e M, a M].
-    addr_size = m + 3 + (2 * k + 1)
-    addr = nn.Dense((r + w) * addr_size, param_dtype=self.param_dtype, name="addressing")(h)
-    addr = addr.reshape(batch + (r + w, addr_size))
-    key_vec = addr[..., :m]
-    beta = jax.nn.softplus(addr[..., m])
-    gate = jax.nn.sigmoid(addr[..., m + 1])
-    gamma = 1.0 + jax.nn.softplus(addr[..., m + 2])
-    shifts = jax.nn.softmax(addr[..., m + 3:], axis=-1)
-    ea = nn.Dense(w * 2 * m, param_dtype=self.param_dtype, name="erase_add")(h)
-    ea = ea.reshape(batch + (w, 2 * m))
-    erase = jax.nn.sigmoid(ea[..., :m])
-    add = jnp.tanh(ea[..., m:])
+    # 3. Head parameters, one named projection each.
+    heads = self._heads(h)
 
     # 4-5. Addressing, read, write: written for one example, vmapped over heads and batch.
-    def memory_step(mem, w_prev, key_vec, beta, gate, shifts, gamma, erase, add):
-      weights = jax.vmap(addressing.ntm_address, in_axes=(None, 0, 0, 0, 0, 0, 0))(
-          mem, key_vec, beta, gate, shifts, gamma, w_prev)
-      read_w, write_w = weights[:r], weights[r:]
-      reads = jax.vmap(memory_lib.read, in_axes=(None, 0))(mem, read_w)
-      if w == 1:
-        new_mem = memory_lib.write(mem, write_w[0], erase[0], add[0])
-      else:
-        new_mem = memory_lib.write_heads(mem, write_w, erase, add)
-      return new_mem, read_w, write_w, reads
-
-    for _ in batch:
-      memory_step = jax.vmap(memory_step)
     w_prev = jnp.concatenate([carry.read_weights, carry.write_weights], axis=-2)
-    new_mem, read_w, write_w, reads = memory_step(memory, w_prev, key_vec, beta, gate, shifts,
-                                                  gamma, erase, add)
+    new_mem, read_w, write_w, reads = _cell.over_batch(self._memory_step, batch, memory, w_prev, heads)
 
     # 6. Output.
-    out_in = jnp.concatenate([h, reads.reshape(batch + (r * m,))], axis=-1)
-    logits = nn.Dense(self.features, param_dtype=self.param_dtype, name="output")(out_in)
-    new_carry = NTMState(ctrl_state, new_mem, read_w, write_w, reads, carry.step + 1)
-    if self.return_state:
-      return new_carry, (logits, new_carry)
-    return new_carry, logits
+    logits = self._output(h, reads, batch)
+    return self._emit(NTMState(ctrl_state, new_mem, read_w, write_w, reads, carry.step + 1), logits)
 
 
-def trajectory(cell: NTMCell, variables, inputs: jax.Array, *, initial_carry: NTMState | None = None,
-               rng: jax.Array | None = None) -> tuple[jax.Array, NTMState]:
-  """Runs ``nn.RNN(cell)`` and returns the logits and the state at every step.
+def _split_legacy(params: dict, cell: NTMCell) -> dict:
+  """One NTMCell parameter dict: the old "addressing"/"erase_add" Dense → the named projections."""
+  m, s = cell.word_size, 2 * cell.shift_range + 1
+  heads, w = cell.num_read_heads + cell.num_write_heads, cell.num_write_heads
+  out = {k: v for k, v in params.items() if k not in LEGACY_PARAMS}
+  # Old columns, per head: [k (M), β, g, γ, s (2K+1)]; per write head: [e (M), a (M)].
+  layout = {"addressing": (heads, {"key": (0, m), "beta": (m, m + 1), "gate": (m + 1, m + 2),
+                                   "gamma": (m + 2, m + 3), "shift": (m + 3, m + 3 + s)}),
+            "erase_add": (w, {"erase": (0, m), "add": (m, 2 * m)})}
+  for old, (num, parts) in layout.items():
+    for leaf in ("kernel", "bias"):
+      x = params[old][leaf]
+      if x.shape[-1] != num * max(b for _, b in parts.values()):
+        raise ValueError(f"argument `params`: {old}/{leaf} has shape {list(x.shape)}, which does "
+                         f"not fit {cell!r}")
+      x = x.reshape(x.shape[:-1] + (num, -1))
+      for name, (a, b) in parts.items():
+        part = x[..., a:b]
+        out.setdefault(name, {})[leaf] = part.reshape(part.shape[:-2] + (-1,))
+  return out
 
-  Use it to plot read/write weightings over time.
+
+def convert_legacy_params(cell: NTMCell, tree):
+  """Converts NTMCell parameters of the old layout to the named head projections.
+
+  Earlier NTMCells computed every head's parameters with one Dense layer
+  ``addressing`` (per head, columns [k (M), β, g, γ, s (2K+1)]) and the write
+  heads' erase and add vectors with one ``erase_add`` (per write head,
+  [e (M), a (M)]). This splits their kernel and bias columns into the
+  projections ``key``, ``beta``, ``gate``, ``shift``, ``gamma``, ``erase``
+  and ``add``: the function the parameters compute is exactly the same.
+
+  Works on any tree holding such parameter dicts — ``nn.RNN`` variables
+  (``{"params": {"cell": ...}}``), a cell's own ``params``, or an optimiser
+  state whose moments mirror the parameters; everything else is returned as is.
 
   Args:
-    cell: the :class:`NTMCell` the variables were created for (inside ``nn.RNN``).
-    variables: variables of ``nn.RNN(cell)``.
-    inputs: [..., T, I] inputs (time on the second-to-last axis).
-    initial_carry: optional initial state.
-    rng: rng for ``initialize_carry`` (``memory_init='random'``).
+    cell: the :class:`NTMCell` the parameters belong to (for M, K, R and W).
+    tree: a pytree of nested dicts (numpy or jax arrays as leaves).
 
   Returns:
-    ``(logits [..., T, features], states)`` where every leaf of ``states`` has
-    a time axis after the batch axes, e.g. ``states.read_weights`` [..., T, R, N].
+    The same tree with every old-layout parameter dict converted.
+
+  Raises:
+    ValueError: an old-layout dict whose shapes do not fit ``cell``.
   """
-  model = nn.RNN(cell.clone(return_state=True))
-  logits, states = model.apply(variables, inputs, initial_carry=initial_carry,
-                               init_key=rng)
-  return logits, states
+  cell = cell.cell if isinstance(cell, nn.RNN) else cell
+  if not isinstance(cell, NTMCell):
+    raise ValueError(f"argument `cell`: expected an NTMCell, got {type(cell).__name__}")
+
+  def walk(node):
+    if isinstance(node, dict) or (hasattr(node, "items") and hasattr(node, "keys")):
+      node = dict(node)
+      if all(k in node for k in LEGACY_PARAMS):
+        node = _split_legacy(node, cell)
+      return {k: walk(v) for k, v in node.items()}
+    return node
+
+  return walk(tree)
+
+
+def is_legacy(tree) -> bool:
+  """Whether ``tree`` holds NTMCell parameters in the old one-Dense layout (see :func:`convert_legacy_params`)."""
+  if isinstance(tree, dict) or hasattr(tree, "items"):
+    return all(k in tree for k in LEGACY_PARAMS) or any(is_legacy(v) for v in tree.values())
+  return False

@@ -75,14 +75,18 @@ def test_single_step_matches_addressing_functions():
   p = variables["params"]
   ctrl_in = jnp.concatenate([x, carry.reads.reshape(-1)])
   (_, h), _ = nn.OptimizedLSTMCell(12).apply({"params": p["controller"]}, carry.controller, ctrl_in)
-  addr = (h @ p["addressing"]["kernel"] + p["addressing"]["bias"]).reshape(2, -1)
-  ea = h @ p["erase_add"]["kernel"] + p["erase_add"]["bias"]
-  ws = [addressing.ntm_address(carry.memory, a[:5], jax.nn.softplus(a[5]), jax.nn.sigmoid(a[6]),
-                               jax.nn.softmax(a[8:]), 1 + jax.nn.softplus(a[7]), wp)
-        for a, wp in zip(addr, [carry.read_weights[0], carry.write_weights[0]])]
+  dense = lambda name: h @ p[name]["kernel"] + p[name]["bias"]
+  # One row per head (read head, write head): k [2, M], β, g, γ [2, 1], s [2, 2K+1].
+  key, beta, gate, shift, gamma = (dense(name).reshape(2, -1)
+                                   for name in ("key", "beta", "gate", "shift", "gamma"))
+  erase, add = dense("erase"), dense("add")  # [M], the one write head
+  ws = [addressing.ntm_address(carry.memory, key[i], jax.nn.softplus(beta[i, 0]),
+                               jax.nn.sigmoid(gate[i, 0]), jax.nn.softmax(shift[i]),
+                               1 + jax.nn.softplus(gamma[i, 0]), wp)
+        for i, wp in enumerate([carry.read_weights[0], carry.write_weights[0]])]
   np.testing.assert_allclose(new.read_weights[0], ws[0], rtol=1e-5, atol=1e-6)
   np.testing.assert_allclose(new.reads[0], memory_lib.read(carry.memory, ws[0]), rtol=1e-5, atol=1e-6)
-  expected_mem = memory_lib.write(carry.memory, ws[1], jax.nn.sigmoid(ea[:5]), jnp.tanh(ea[5:]))
+  expected_mem = memory_lib.write(carry.memory, ws[1], jax.nn.sigmoid(erase), jnp.tanh(add))
   np.testing.assert_allclose(new.memory, expected_mem, rtol=1e-5, atol=1e-6)
 
 
