@@ -23,22 +23,20 @@ resolution. The CPU and its load change these times; the run's
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
-import sys
+
+from memjax import cli
 
 INSTANCE_NAMES = ("1st", "2nd", "3rd", "4th", "5th", "10th")
 
 
 def _paper_row(config: dict) -> list[float] | None:
   # Santoro et al. 2016 (%), instances 1/2/3/4/5/10; the experiment holds the table.
-  sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "experiments"))
-  try:
-    from omniglot_mann import PAPER  # noqa: PLC0415
-  finally:
-    sys.path.pop(0)
-  return PAPER.get((config.get("model"), config.get("label_mode"), config.get("num_classes")))
+  from memjax.pretrained.export import load_experiment  # noqa: PLC0415
+
+  paper = load_experiment("omniglot_mann").PAPER
+  return paper.get((config.get("model"), config.get("label_mode"), config.get("num_classes")))
 
 
 def time_to_accuracy(records: list[dict], paper: list[float], batch_size: int) -> dict:
@@ -72,8 +70,7 @@ def time_to_accuracy(records: list[dict], paper: list[float], batch_size: int) -
 
 
 def main(argv=None) -> dict:
-  p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                              formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+  p = cli.parser(__doc__)
   p.add_argument("--workdir", required=True, help="a run folder of experiments/omniglot_mann.py")
   args = p.parse_args(argv)
   paths = {n: os.path.join(args.workdir, n) for n in ("config.json", "metrics.jsonl")}

@@ -10,12 +10,12 @@
 * :mod:`memjax.data` — Omniglot loading and on-device episode samplers.
 """
 
-from memjax import addressing, mann, memory, metanet, tasks, training
+from memjax import addressing, data, mann, memory, metanet, tasks, training
 from memjax.mann import LSTMCell, MANNCell, MANNState
 from memjax.metanet import MetaNet
 from memjax.ntm import NTMCell, NTMState, trajectory
 
 __version__ = "0.1.0"
 
-__all__ = ["LSTMCell", "MANNCell", "MANNState", "MetaNet", "NTMCell", "NTMState", "addressing", "mann",
-           "memory", "metanet", "tasks", "training", "trajectory"]
+__all__ = ["LSTMCell", "MANNCell", "MANNState", "MetaNet", "NTMCell", "NTMState", "addressing", "data",
+           "mann", "memory", "metanet", "tasks", "training", "trajectory"]

@@ -25,7 +25,13 @@ __all__ = ["HelpFormatter", "enable_compilation_cache", "int_list", "load_omnigl
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-  """``--help`` with every option's default, flags without help text included."""
+  """``--help`` with every option's default, flags without help text included
+  (a help text that already says ``(default: ...)`` is kept as it is)."""
+
+  def _get_help_string(self, action):
+    if "(default" in (action.help or ""):
+      return action.help
+    return super()._get_help_string(action)
 
   def _format_action(self, action):
     if not action.help and action.option_strings and action.default is not argparse.SUPPRESS:

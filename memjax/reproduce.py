@@ -40,6 +40,8 @@ from pathlib import Path
 
 import numpy as np
 
+from memjax._checks import positive_float, positive_int
+
 __all__ = ["PAPER", "TABLES", "Row", "Table", "main"]
 
 
@@ -315,7 +317,9 @@ def _flag_takes_value(parser: argparse.ArgumentParser, flag: str) -> bool:
 
 
 def _set_flags(argv: list[str], flags: list[str], parser) -> list[str]:
-  """``argv`` with each flag of ``flags`` (``--flag [value]`` pairs) replaced or appended."""
+  """``argv`` with each flag of ``flags`` (``--flag [value]`` pairs) replaced or appended;
+  a flag replaces its deprecated aliases too (``parser.aliases_of``, e.g. ``--steps``
+  replaces the ``--episodes`` of a recorded command)."""
   out = list(argv)
   i = 0
   while i < len(flags):
@@ -326,7 +330,8 @@ def _set_flags(argv: list[str], flags: list[str], parser) -> list[str]:
     value = flags[i + 1:i + 2] if takes else []
     if takes and not value:
       raise ReproduceError(f"--train-args: {flag} needs a value")
-    out = _without(out, flag, takes)
+    for name in (flag, *getattr(parser, "aliases_of", {}).get(flag, ())):
+      out = _without(out, name, takes)
     out += [flag] + value
     i += 2 if takes else 1
   return out
@@ -471,8 +476,13 @@ def plot(table: Table, result: dict, path: Path) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+  from memjax.cli import HelpFormatter
+
+  class Formatter(argparse.RawDescriptionHelpFormatter, HelpFormatter):
+    pass
+
   p = argparse.ArgumentParser(prog="python -m memjax.reproduce", description=__doc__.split("\n\n")[0],
-                              formatter_class=argparse.RawDescriptionHelpFormatter,
+                              formatter_class=Formatter,
                               epilog="tables:\n" + "\n".join(
                                   f"  {t.key:<15} {', '.join(r.name for r in t.rows)}"
                                   for t in TABLES.values()))
@@ -483,24 +493,14 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--train", action="store_true", help="retrain every row from scratch first")
   p.add_argument("--resume", action="store_true", help="with --train: continue from OUT/train checkpoints")
   p.add_argument("--out", default=None, help="output folder (default: runs/reproduce/TABLE)")
-  p.add_argument("--episodes", type=_positive_int, default=None,
+  p.add_argument("--episodes", type=positive_int, default=None,
                  help="test sequences per length / episodes per model and K (default: see module docs)")
-  p.add_argument("--max-minutes", type=_positive_float, default=None,
+  p.add_argument("--max-minutes", type=positive_float, default=None,
                  help="with --train: training time budget per row")
   p.add_argument("--train-args", default="",
                  help="with --train: experiment flags to add or replace, e.g. '--batch-size 64'")
   p.add_argument("--no-progress", action="store_true", help="no progress bars")
   return p
-
-
-def _positive_int(text):
-  from memjax.cli import positive_int
-  return positive_int(text)
-
-
-def _positive_float(text):
-  from memjax.cli import positive_float
-  return positive_float(text)
 
 
 def run(args) -> dict:

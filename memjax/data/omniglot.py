@@ -65,6 +65,8 @@ from typing import Callable, Iterator, NamedTuple, Sequence
 import numpy as np
 from PIL import Image
 
+from memjax._checks import check_positive_int
+
 __all__ = [
     "ARCHIVES",
     "BASE_URL",
@@ -451,8 +453,7 @@ def preprocess(images: np.ndarray, image_size: int) -> np.ndarray:
   Raises:
     ValueError: wrong dtype, number of axes, empty image, or bad ``image_size``.
   """
-  if isinstance(image_size, bool) or not isinstance(image_size, (int, np.integer)) or image_size < 1:
-    raise ValueError(f"argument `image_size`: expected a positive int, got {image_size!r}")
+  check_positive_int("image_size", image_size)
   images = np.asarray(images)
   if images.dtype not in (np.uint8, np.bool_):
     raise ValueError(f"argument `images`: expected dtype uint8 (0 = stroke, 255 = paper) or "
@@ -579,16 +580,18 @@ def _cache_dir_for(cache_dir: str | os.PathLike | None, data_dir: Path) -> Path 
   return None
 
 
-def _load_archive(archive: str, image_size: int, data_dir: Path, download: bool,
-                  cache_dir: str | os.PathLike | None) -> OmniglotSplit:
+def _load_archive(archive: str, image_size: int, path: Path | None, cdir: Path | None,
+                  data_dir: Path, download: bool) -> OmniglotSplit:
+  """One archive's split: from the cache in ``cdir`` if usable, else decoded from
+  ``path`` (found by :func:`load`; None: looked up in ``data_dir`` now) and cached."""
   spec = ARCHIVES[archive]
-  cdir = _cache_dir_for(cache_dir, data_dir)
   cpath = _cache_path(spec, image_size, cdir) if cdir is not None else None
   if cpath is not None:
     cached = _read_cache(cpath, spec, image_size)
     if cached is not None:
       return cached
-  path = _ensure_archives([archive], data_dir, download)[archive]
+  if path is None:  # a cache was there, but it is unusable (and now deleted)
+    path = _ensure_archives([archive], data_dir, download)[archive]
   split = _decode_archive(path, spec, image_size)
   if cpath is not None:
     _write_cache(cpath, split)
@@ -666,20 +669,19 @@ def load(split: str = "train", image_size: int = 20, data_dir: str | os.PathLike
     ImportError: ``source='tfds'`` without tensorflow_datasets installed.
   """
   _check_split(split)
-  if isinstance(image_size, bool) or not isinstance(image_size, (int, np.integer)) or image_size < 1:
-    raise ValueError(f"argument `image_size`: expected a positive int, got {image_size!r}")
-  image_size = int(image_size)
+  image_size = check_positive_int("image_size", image_size)
   if source not in ("zip", "tfds"):
     raise ValueError(f"argument `source`: expected 'zip' or 'tfds', got {source!r}")
   if source == "zip":
+    # The data and cache directories are resolved once, here. Every uncached
+    # archive is found (or fetched) first, so that a missing one is reported
+    # before any decoding.
     ddir = resolve_data_dir(data_dir)
-    # Find or fetch every uncached archive first, so that a missing one is
-    # reported before any decoding.
     cdir = _cache_dir_for(cache_dir, ddir)
     needed = [a for a in SPLITS[split]
               if cdir is None or not _cache_path(ARCHIVES[a], image_size, cdir).is_file()]
-    _ensure_archives(needed, ddir, download)
-    parts = [_load_archive(a, image_size, ddir, download, cache_dir) for a in SPLITS[split]]
+    paths = _ensure_archives(needed, ddir, download)
+    parts = [_load_archive(a, image_size, paths.get(a), cdir, ddir, download) for a in SPLITS[split]]
   else:
     parts = [_load_tfds_archive(a, image_size, data_dir, download) for a in SPLITS[split]]
   if len(parts) == 1:
