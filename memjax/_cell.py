@@ -112,7 +112,7 @@ class MemoryCell(nn.RNNCellBase):
     expected = self._expected_input_width()
     if expected is not None and inputs.shape[-1] != expected:
       raise ValueError(f"argument `inputs`: expected {expected} features per step (the width the "
-                       f"parameters were made for), got {inputs.shape[-1]} (inputs shape "
+                       f"variables were made for), got {inputs.shape[-1]} (one step's inputs: shape "
                        f"{list(inputs.shape)})")
     return inputs, batch
 

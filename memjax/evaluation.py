@@ -25,10 +25,11 @@ from typing import Any, Callable, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 from memjax import tasks
 from memjax.data import episodes as episodes_lib
-from memjax.mann import per_instance_counts, mann_loss
+from memjax.tasks.omniglot import mann_loss, per_instance_counts
 
 __all__ = [
     "EVAL_KEY",
@@ -118,7 +119,7 @@ def mann_evaluator(apply_fn: Callable, images: jax.Array, *, num_episodes: int, 
   ``ceil(num_episodes / b)`` chunks of ``b = min(batch_size, num_episodes)``
   episodes (:func:`memjax.data.sample_mann_episodes`, chunk c from
   ``fold_in(key, c)``; one compilation); accuracy at the k-th presentation of
-  a class for k in ``instances`` (:func:`memjax.mann.per_instance_counts`).
+  a class for k in ``instances`` (:func:`memjax.tasks.omniglot.per_instance_counts`).
   ``evaluate.num_episodes`` is the number of episodes actually scored.
 
   Args:
@@ -171,7 +172,7 @@ def episode_metrics(model, params, episodes) -> tuple[jax.Array, jax.Array, jax.
   logits = jax.vmap(model.apply, in_axes=(None, 0, 0, 0))(
       params, episodes.support, episodes.support_labels, episodes.query)  # [B, NQ, N]
   labels = episodes.query_labels
-  loss = -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(logits), labels[..., None], -1))
+  loss = jnp.mean(optax.losses.softmax_cross_entropy_with_integer_labels(logits, labels))
   per_episode = jnp.mean(jnp.argmax(logits, -1) == labels, axis=-1)
   return loss, jnp.mean(per_episode), per_episode
 

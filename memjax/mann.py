@@ -60,29 +60,37 @@ Example::
   logits = model.apply(params, x)      # [batch, time, 5]
 
 Also here: :class:`LSTMCell`, the paper's plain-LSTM baseline usable the same way
-(``nn.RNN(LSTMCell(features=5))``); :func:`mann_loss`; and
-:func:`per_instance_accuracy` (accuracy at the k-th presentation of a class, the
-paper's Tables 1–2).
+(``nn.RNN(LSTMCell(features=5))``), and :func:`unroll`, a faster equivalent of
+``nn.RNN(MANNCell)``. The LRUA step itself is :func:`memjax.memory.lrua_step`;
+the task's loss and per-instance accuracy are in :mod:`memjax.tasks.omniglot`
+(re-exported here: :func:`mann_loss`, :func:`per_instance_accuracy`, ...).
 """
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple, Sequence
+from typing import Any, NamedTuple
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from memjax import _checks, addressing
+from memjax import _cell, _checks
 from memjax import memory as memory_lib
+from memjax._cell import MEMORY_INIT_CONSTANT, trajectory
+from memjax.memory import _lrua_forward, _lrua_update, lrua_step  # noqa: F401 (the LRUA step's home)
+from memjax.tasks.omniglot import (  # noqa: F401 (the task's labels, loss and metrics)
+    DEFAULT_INSTANCES,
+    LABEL_MODES,
+    STRING_LENGTH,
+    STRING_SYMBOLS,
+    correct_predictions,
+    mann_loss,
+    per_instance_accuracy,
+    per_instance_counts,
+)
 
-MEMORY_INIT_CONSTANT = 1e-6
-LABEL_MODES = ("onehot", "string")
 WRITE_MODES = ("add", "key")
-STRING_LENGTH = 5   # characters per string label (Santoro et al. 2016, Table 2)
-STRING_SYMBOLS = 5  # letters per character
-DEFAULT_INSTANCES = (1, 2, 3, 4, 5, 10)
 
 
 class MANNState(NamedTuple):
@@ -106,111 +114,15 @@ class MANNState(NamedTuple):
   step: jax.Array
 
 
-def lrua_step(memory: jax.Array, usage: jax.Array, read_weights_prev: jax.Array, keys: jax.Array,
-              adds: jax.Array, alpha: jax.Array, decay: jax.Array
-              ) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array, jax.Array]:
-  """One LRUA memory step for one example (Santoro et al. 2016, §3).
-
-  w^lu_{t−1} = least_used(w^u_{t−1}, n=R);
-  w^w_{h,t} = σ(α_h) w^r_{h,t−1} + (1 − σ(α_h)) w^lu_{t−1};
-  M_t = LRUA write of M_{t−1} (least_used(w^u_{t−1}, 1) zeroed, then
-  + Σ_h w^w_{h,t} a_hᵀ);
-  w^r_{h,t} = softmax(cosine(k_h, M_t)); r_{h,t} = w^r_{h,t} M_t;
-  w^u_t = γ w^u_{t−1} + Σ_h w^r_{h,t} + Σ_h w^w_{h,t}.
-
-  Args:
-    memory: [N, M] memory M_{t−1}.
-    usage: [N] usage w^u_{t−1}.
-    read_weights_prev: [R, N] read weightings w^r_{t−1}.
-    keys: [R, M] read keys k_t, one per head.
-    adds: [R, M] vectors written, one per head: the add vectors a_t
-      (``write='add'``) or the keys themselves (``write='key'``).
-    alpha: [R] write-gate logits α.
-    decay: [] usage decay γ.
-
-  Returns:
-    ``(memory [N, M], usage [N], read_weights [R, N], write_weights [R, N],
-    reads [R, M])`` at step t.
-  """
-  r = read_weights_prev.shape[0]
-  least_used = addressing.least_used(usage, r)  # [N], R ones
-  clear = addressing.least_used(usage, 1)  # [N], one 1
-  return _lrua_update(memory, usage, read_weights_prev, keys, adds, alpha, decay, least_used, clear)
-
-
-def _lrua_forward(memory, usage, read_weights_prev, keys, adds, alpha, decay, least_used, clear):
-  """The LRUA equations after the least-used slots are known; returns the step's
-  outputs and the intermediates its backward pass needs."""
-  write_w = jax.vmap(addressing.lrua_write_weights, in_axes=(0, None, 0))(
-      read_weights_prev, least_used, alpha)  # [R, N]
-  new_memory = memory_lib.lrua_write(memory, write_w, adds, clear)  # [N, M]
-  norm_m = addressing._norm(new_memory)  # [N]
-  norm_k = addressing._norm(keys)  # [R]
-  cos = (keys @ new_memory.T) / (norm_k[:, None] * norm_m[None, :])  # [R, N], Graves eq. 6
-  read_w = jax.nn.softmax(cos, axis=-1)
-  reads = read_w @ new_memory  # [R, M]
-  new_usage = addressing.update_usage(usage, read_w, write_w, decay)
-  return (new_memory, new_usage, read_w, write_w, reads), (norm_m, norm_k, cos)
-
-
-@jax.custom_vjp
-def _lrua_update(memory, usage, read_weights_prev, keys, adds, alpha, decay, least_used, clear):
-  """:func:`lrua_step` given the least-used indicators, with a hand-written
-  backward pass (fewer, larger kernels than autodiff's; tested equal to it)."""
-  return _lrua_forward(memory, usage, read_weights_prev, keys, adds, alpha, decay, least_used, clear)[0]
-
-
-def _lrua_update_fwd(memory, usage, read_weights_prev, keys, adds, alpha, decay, least_used, clear):
-  out, (norm_m, norm_k, cos) = _lrua_forward(memory, usage, read_weights_prev, keys, adds, alpha, decay,
-                                             least_used, clear)
-  new_memory, _, read_w, write_w, _ = out
-  return out, (usage, read_weights_prev, keys, adds, alpha, decay, least_used, clear,
-               new_memory, read_w, write_w, norm_m, norm_k, cos)
-
-
-def _lrua_update_bwd(res, cotangents):
-  (usage, w_prev, keys, adds, alpha, decay, least_used, clear,
-   mem, read_w, write_w, norm_m, norm_k, cos) = res
-  d_mem, d_usage, d_read_w, d_write_w, d_reads = cotangents
-  # w^u_t = γ w^u_{t−1} + Σ_h w^r_h + Σ_h w^w_h.
-  d_read_w = d_read_w + d_usage[None, :] + d_reads @ mem.T  # r = w^r M_t
-  d_write_w = d_write_w + d_usage[None, :]
-  d_mem = d_mem + read_w.T @ d_reads
-  # w^r = softmax(cos), cos = k·M / (‖k‖ ‖M‖).
-  d_cos = read_w * (d_read_w - jnp.sum(d_read_w * read_w, axis=-1, keepdims=True))
-  d_dot = d_cos / (norm_k[:, None] * norm_m[None, :])
-  d_cos_cos = d_cos * cos
-  d_keys = d_dot @ mem - (jnp.sum(d_cos_cos, axis=1) / norm_k ** 2)[:, None] * keys
-  d_mem = d_mem + d_dot.T @ keys - (jnp.sum(d_cos_cos, axis=0) / norm_m ** 2)[:, None] * mem
-  # M_t = M_{t−1} ⊙ (1 − clear) + Σ_h w^w_h a_hᵀ.
-  d_write_w = d_write_w + adds @ d_mem.T
-  d_adds = write_w @ d_mem
-  d_memory = d_mem * (1.0 - clear)[:, None]
-  # w^w_h = σ(α_h) w^r_{h,t−1} + (1 − σ(α_h)) w^lu.
-  g = jax.nn.sigmoid(alpha)
-  d_alpha = jnp.sum(d_write_w * (w_prev - least_used[None, :]), axis=1) * g * (1.0 - g)
-  d_w_prev = g[:, None] * d_write_w
-  return (d_memory, decay * d_usage, d_w_prev, d_keys, d_adds, d_alpha, jnp.sum(d_usage * usage),
-          jnp.zeros_like(least_used), jnp.zeros_like(clear))
-
-
-_lrua_update.defvjp(_lrua_update_fwd, _lrua_update_bwd)
-
-
-def _batched_lrua_step(carry: MANNState, keys, adds, alpha, decay):
-  """:func:`lrua_step` over any leading batch axes of ``carry`` (vmapped once
-  over the flattened batch)."""
-  n, m = carry.memory.shape[-2:]
-  r = carry.read_weights.shape[-2]
+def _lrua(carry: MANNState, keys: jax.Array, adds: jax.Array, alpha: jax.Array, decay: jax.Array):
+  """:func:`memjax.memory.lrua_step` over the leading batch axes of ``carry``
+  (keys, adds [..., R, M], alpha [..., R]; decay [] shared)."""
   batch = carry.memory.shape[:-2]
-  flat = lambda x, tail: x.reshape((-1,) + tail)
-  out = jax.vmap(lrua_step, in_axes=(0, 0, 0, 0, 0, 0, None))(
-      flat(carry.memory, (n, m)), flat(carry.usage, (n,)), flat(carry.read_weights, (r, n)),
-      flat(keys, (r, m)), flat(adds, (r, m)), flat(alpha, (r,)), decay)
-  return tuple(x.reshape(batch + x.shape[1:]) for x in out)
+  return _cell.over_batch(memory_lib.lrua_step, batch, carry.memory, carry.usage, carry.read_weights,
+                          keys, adds, alpha, decay, in_axes=(0, 0, 0, 0, 0, 0, None))
 
 
-class MANNCell(nn.RNNCellBase):
+class MANNCell(_cell.MemoryCell):
   """MANN with least-recently-used access (Santoro et al. 2016), for ``flax.linen.RNN``.
 
   Attributes:
@@ -242,9 +154,9 @@ class MANNCell(nn.RNNCellBase):
   return_state: bool = False
   param_dtype: Any = jnp.float32
 
-  def _validate(self):
-    for name in ("features", "memory_size", "word_size", "num_read_heads", "controller_features"):
-      _checks.check_positive_int(name, getattr(self, name))
+  _POSITIVE_INTS = ("features", "memory_size", "word_size", "num_read_heads", "controller_features")
+
+  def _validate_more(self):
     if self.num_read_heads > self.memory_size:
       raise ValueError(f"argument `num_read_heads`: expected at most memory_size="
                        f"{self.memory_size} heads (initial read weightings sit at distinct slots), "
@@ -256,8 +168,13 @@ class MANNCell(nn.RNNCellBase):
       raise ValueError(f"argument `usage_decay`: expected a number in [0, 1], got {decay!r}")
 
   @property
-  def num_feature_axes(self) -> int:
-    return 1
+  def _num_reads(self) -> int:
+    return self.num_read_heads
+
+  def _carry_shapes(self, batch):
+    n, m, r = self.memory_size, self.word_size, self.num_read_heads
+    return {"memory": batch + (n, m), "usage": batch + (n,), "read_weights": batch + (r, n),
+            "write_weights": batch + (r, n), "reads": batch + (r, m)}
 
   def _head_projections(self, h: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
     """Named head projections of the controller output h [..., C].
@@ -268,7 +185,7 @@ class MANNCell(nn.RNNCellBase):
     """
     r, m = self.num_read_heads, self.word_size
     batch = h.shape[:-1]
-    dense = lambda size, name: nn.Dense(size, param_dtype=self.param_dtype, name=name)(h)
+    dense = lambda size, name: self._dense(h, size, name)
     keys = jnp.tanh(dense(r * m, "key")).reshape(batch + (r, m))
     adds = jnp.tanh(dense(r * m, "add")).reshape(batch + (r, m)) if self.write == "add" else keys
     alpha = dense(r, "gate")
@@ -285,8 +202,7 @@ class MANNCell(nn.RNNCellBase):
     batch = tuple(input_shape[:-1])
     n, m, r = self.memory_size, self.word_size, self.num_read_heads
     mem = jnp.full(batch + (n, m), MEMORY_INIT_CONSTANT, self.param_dtype)
-    ctrl = nn.OptimizedLSTMCell(self.controller_features, param_dtype=self.param_dtype,
-                                parent=None).initialize_carry(rng, batch + (1,))
+    ctrl = self._initial_lstm_carry(rng, batch)
     read_w = jnp.broadcast_to(jnp.eye(r, n, dtype=self.param_dtype), batch + (r, n))
     reads = jnp.full(batch + (r, m), MEMORY_INIT_CONSTANT, self.param_dtype)
     return MANNState(ctrl, mem, jnp.zeros(batch + (n,), self.param_dtype), read_w,
@@ -304,39 +220,22 @@ class MANNCell(nn.RNNCellBase):
       ``(new_carry, logits)`` with logits [..., features]; or
       ``(new_carry, (logits, new_carry))`` when ``return_state``.
     """
-    self._validate()
-    n, m, r = self.memory_size, self.word_size, self.num_read_heads
-    inputs = _checks.as_float_array("inputs", inputs)
-    if inputs.ndim < 1:
-      raise ValueError(f"argument `inputs`: expected shape [..., features_in], got {list(inputs.shape)}")
-    batch = inputs.shape[:-1]
-    expected = {"memory": batch + (n, m), "usage": batch + (n,), "read_weights": batch + (r, n),
-                "write_weights": batch + (r, n), "reads": batch + (r, m)}
-    for name, shape in expected.items():
-      got = getattr(carry, name).shape
-      if tuple(got) != shape:
-        raise ValueError(f"argument `carry.{name}`: expected shape {list(shape)} "
-                         f"(inputs batch axes {list(batch)}), got {list(got)}")
+    inputs, batch = self._check_step(carry, inputs)
 
     # 1. Controller on [x_t, r_{t−1}].
-    ctrl_in = jnp.concatenate([inputs, carry.reads.reshape(batch + (r * m,))], axis=-1)
-    ctrl_state, h = nn.OptimizedLSTMCell(self.controller_features, param_dtype=self.param_dtype,
-                                         name="controller")(carry.controller, ctrl_in)
+    ctrl_in = self._controller_input(inputs, carry.reads, batch)
+    ctrl_state, h = self._lstm_controller(carry.controller, ctrl_in)
 
     # 2. Per head: read key k, add vector a (tanh, [M] each) and write-gate logit α.
     keys, adds, alpha = self._head_projections(h)
 
     # 3-7. LRUA on one example, vmapped over the flattened batch axes.
-    new_mem, usage, read_w, write_w, reads = _batched_lrua_step(
+    new_mem, usage, read_w, write_w, reads = _lrua(
         carry, keys, adds, alpha, jnp.asarray(self.usage_decay, self.param_dtype))
 
     # 8. Output.
-    out_in = jnp.concatenate([h, reads.reshape(batch + (r * m,))], axis=-1)
-    logits = nn.Dense(self.features, param_dtype=self.param_dtype, name="output")(out_in)
-    new_carry = MANNState(ctrl_state, new_mem, usage, read_w, write_w, reads, carry.step + 1)
-    if self.return_state:
-      return new_carry, (logits, new_carry)
-    return new_carry, logits
+    logits = self._output(h, reads, batch)
+    return self._emit(MANNState(ctrl_state, new_mem, usage, read_w, write_w, reads, carry.step + 1), logits)
 
 
 def _dense(params, x: jax.Array) -> jax.Array:
@@ -393,7 +292,7 @@ def unroll(cell: MANNCell, variables, inputs: jax.Array) -> jax.Array:
     keys = jnp.tanh(_dense(p["key"], h)).reshape(batch + (r, m))
     adds = jnp.tanh(_dense(p["add"], h)).reshape(batch + (r, m)) if cell.write == "add" else keys
     alpha = _dense(p["gate"], h)
-    mem, usage, read_w, write_w, reads = _batched_lrua_step(carry, keys, adds, alpha, decay)
+    mem, usage, read_w, write_w, reads = _lrua(carry, keys, adds, alpha, decay)
     new = MANNState((c, h), mem, usage, read_w, write_w, reads, carry.step + 1)
     return new, jnp.concatenate([h, reads.reshape(batch + (r * m,))], axis=-1)
 
@@ -433,135 +332,3 @@ class LSTMCell(nn.RNNCellBase):
     carry, h = nn.OptimizedLSTMCell(self.controller_features, param_dtype=self.param_dtype,
                                     name="controller")(carry, inputs)
     return carry, nn.Dense(self.features, param_dtype=self.param_dtype, name="output")(h)
-
-
-def trajectory(cell: MANNCell, variables, inputs: jax.Array, *,
-               initial_carry: MANNState | None = None) -> tuple[jax.Array, MANNState]:
-  """Runs ``nn.RNN(cell)`` and returns the logits and the state at every step.
-
-  Args:
-    cell: the :class:`MANNCell` the variables were created for (inside ``nn.RNN``).
-    variables: variables of ``nn.RNN(cell)``.
-    inputs: [..., T, I] inputs (time on the second-to-last axis).
-    initial_carry: optional initial state.
-
-  Returns:
-    ``(logits [..., T, features], states)``; every leaf of ``states`` has a
-    time axis after the batch axes, e.g. ``states.read_weights`` [..., T, R, N].
-  """
-  model = nn.RNN(cell.clone(return_state=True))
-  return model.apply(variables, inputs, initial_carry=initial_carry)
-
-
-def _check_label_mode(label_mode: str) -> None:
-  if label_mode not in LABEL_MODES:
-    raise ValueError(f"argument `label_mode`: expected one of {LABEL_MODES}, got {label_mode!r}")
-
-
-def _string_logits(logits: jax.Array, targets: jax.Array) -> jax.Array:
-  """[..., T, 25] logits → [..., T, 5, 5] (character, letter)."""
-  if logits.shape[-1] != STRING_LENGTH * STRING_SYMBOLS:
-    raise ValueError(f"argument `logits`: expected {STRING_LENGTH * STRING_SYMBOLS} features for "
-                     f"string labels, got shape {list(logits.shape)}")
-  if targets.shape != logits.shape[:-1] + (STRING_LENGTH,):
-    raise ValueError(f"argument `targets`: expected shape {list(logits.shape[:-1]) + [STRING_LENGTH]} "
-                     f"for string labels, got {list(targets.shape)}")
-  return logits.reshape(logits.shape[:-1] + (STRING_LENGTH, STRING_SYMBOLS))
-
-
-def _check_onehot(logits: jax.Array, targets: jax.Array) -> None:
-  if targets.shape != logits.shape[:-1]:
-    raise ValueError(f"argument `targets`: expected shape {list(logits.shape[:-1])} (logits "
-                     f"{list(logits.shape)} without the class axis), got {list(targets.shape)}")
-
-
-def mann_loss(logits: jax.Array, targets: jax.Array, label_mode: str = "onehot") -> jax.Array:
-  """Cross-entropy of MANN predictions (Santoro et al. 2016, §4.1).
-
-  ``'onehot'``: softmax cross-entropy, L = −mean_{b,t} log p(y_t | ...).
-  ``'string'``: five independent 5-way softmaxes, one per character of the
-  label; L = −mean_{b,t} Σ_{c=1..5} log p(y_t[c] | ...), the negative
-  log-likelihood of the whole string (chance: 5 ln 5 ≈ 8.05).
-
-  Args:
-    logits: [..., T, C] (one-hot) or [..., T, 25] (string) logits.
-    targets: int [..., T] in 0..C−1 (one-hot) or int [..., T, 5] in 0..4 (string).
-    label_mode: ``'onehot'`` or ``'string'``.
-
-  Returns:
-    [] mean loss over every leading axis.
-  """
-  _check_label_mode(label_mode)
-  logits = _checks.as_float_array("logits", logits)
-  targets = jnp.asarray(targets)
-  if label_mode == "onehot":
-    _check_onehot(logits, targets)
-    logp = jax.nn.log_softmax(logits)
-    return -jnp.mean(jnp.take_along_axis(logp, targets[..., None], axis=-1))
-  logp = jax.nn.log_softmax(_string_logits(logits, targets))  # [..., T, 5, 5]
-  nll = -jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]  # [..., T, 5]
-  return jnp.mean(jnp.sum(nll, axis=-1))
-
-
-def correct_predictions(logits: jax.Array, targets: jax.Array, label_mode: str = "onehot") -> jax.Array:
-  """bool [..., T]: the arg-max prediction equals the label (string: all 5 characters)."""
-  _check_label_mode(label_mode)
-  logits = _checks.as_float_array("logits", logits)
-  targets = jnp.asarray(targets)
-  if label_mode == "onehot":
-    _check_onehot(logits, targets)
-    return jnp.argmax(logits, axis=-1) == targets
-  pred = jnp.argmax(_string_logits(logits, targets), axis=-1)  # [..., T, 5]
-  return jnp.all(pred == targets, axis=-1)
-
-
-def per_instance_counts(logits: jax.Array, targets: jax.Array, instance: jax.Array,
-                        label_mode: str = "onehot",
-                        instances: Sequence[int] = DEFAULT_INSTANCES) -> tuple[jax.Array, jax.Array]:
-  """Correct predictions and presentations at the k-th presentation of a class.
-
-  Args:
-    logits: [..., T, C] or [..., T, 25] logits.
-    targets: int [..., T] or [..., T, 5] labels.
-    instance: int [..., T] presentations of the step's class *before* step t
-      (0 on the first; :class:`memjax.data.MANNEpisode`'s ``instance``).
-    label_mode: ``'onehot'`` or ``'string'``.
-    instances: the 1-based presentations k to score (paper: 1, 2, 3, 4, 5, 10).
-
-  Returns:
-    ``(correct [K], total [K])`` float32 counts over every leading axis and
-    time, K = len(instances).
-  """
-  ok = correct_predictions(logits, targets, label_mode)  # [..., T]
-  instance = jnp.asarray(instance)
-  if instance.shape != ok.shape:
-    raise ValueError(f"argument `instance`: expected shape {list(ok.shape)}, got {list(instance.shape)}")
-  ks = jnp.asarray([_checks.check_positive_int("instances", k) for k in instances]) - 1  # 0-based
-  at = instance[..., None] == ks  # [..., T, K]
-  axes = tuple(range(at.ndim - 1))
-  correct = jnp.sum(at & ok[..., None], axis=axes).astype(jnp.float32)
-  total = jnp.sum(at, axis=axes).astype(jnp.float32)
-  return correct, total
-
-
-def per_instance_accuracy(logits: jax.Array, targets: jax.Array, instance: jax.Array,
-                          label_mode: str = "onehot",
-                          instances: Sequence[int] = DEFAULT_INSTANCES) -> jax.Array:
-  """Accuracy at the k-th presentation of a class (Santoro et al. 2016, Tables 1–2).
-
-  acc_k = #{(b, t): instance[b, t] = k − 1 and prediction correct} /
-  #{(b, t): instance[b, t] = k − 1}. A string prediction is correct only when
-  all 5 characters are.
-
-  Args:
-    logits: [..., T, C] (one-hot) or [..., T, 25] (string) logits.
-    targets: int [..., T] or [..., T, 5] labels.
-    instance: int [..., T], 0-based presentation count (0 = first time).
-    label_mode: ``'onehot'`` or ``'string'``.
-    instances: 1-based presentations to score.
-
-  Returns:
-    [K] accuracies in [0, 1], NaN for a k that never occurs.
-  """
-  correct, total = per_instance_counts(logits, targets, instance, label_mode, instances)
-  return jnp.where(total > 0, correct / jnp.maximum(total, 1.0), jnp.nan)

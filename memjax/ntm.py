@@ -30,7 +30,7 @@ Example::
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import Any, Mapping, NamedTuple
 
 import flax.linen as nn
 import jax
@@ -41,7 +41,7 @@ from memjax import memory as memory_lib
 from memjax._cell import MEMORY_INIT_CONSTANT, trajectory
 
 __all__ = ["MEMORY_INIT_CONSTANT", "NTMCell", "NTMHeads", "NTMState", "convert_legacy_params", "is_legacy",
-           "trajectory"]
+           "to_legacy_params", "trajectory"]
 
 # The head projections, in the order of the paper's §3.3.1; write heads also have "erase", "add".
 HEAD_PARAMS = ("key", "beta", "gate", "shift", "gamma")
@@ -51,23 +51,13 @@ LEGACY_PARAMS = ("addressing", "erase_add")
 
 
 class NTMState(NamedTuple):
-  """The recurrent state of an :class:`NTMCell` (leading batch axes ``...``).
-
-  Attributes:
-    controller: the controller's carry — ``(c, h)`` each ``[..., C]`` for an
-      LSTM, ``()`` for a feed-forward controller.
-    memory: [..., N, M] memory matrix M_t.
-    read_weights: [..., R, N] read weightings w^r_t.
-    write_weights: [..., W, N] write weightings w^w_t.
-    reads: [..., R, M] read vectors r_t.
-    step: [...] int32 number of steps taken.
-  """
-  controller: Any
-  memory: jax.Array
-  read_weights: jax.Array
-  write_weights: jax.Array
-  reads: jax.Array
-  step: jax.Array
+  """The recurrent state of an :class:`NTMCell`; every field has the leading batch axes ``...``."""
+  controller: Any  # the controller's carry: (c, h), each [..., C], for an LSTM; () for feed-forward
+  memory: jax.Array  # [..., N, M] memory matrix M_t
+  read_weights: jax.Array  # [..., R, N] read weightings w^r_t
+  write_weights: jax.Array  # [..., W, N] write weightings w^w_t
+  reads: jax.Array  # [..., R, M] read vectors r_t
+  step: jax.Array  # [...] int32 number of steps taken
 
 
 class NTMHeads(NamedTuple):
@@ -98,28 +88,31 @@ class NTMCell(_cell.MemoryCell):
     features: size of the output logits.
     memory_size: N, number of memory slots.
     word_size: M, width of a slot.
-    controller: ``'lstm'`` or ``'feedforward'``.
-    controller_features: controller width.
-    num_read_heads: R.
-    num_write_heads: W.
-    shift_range: K; heads shift by −K..K slots.
     memory_init: ``'constant'`` (every entry 1e-6; Collier & Beel 2018),
       ``'random'`` (N(0, 0.1²), drawn from the rng given to
       ``initialize_carry``) or ``'learned'`` (a parameter, initialised at 1e-6).
       Initial read/write weightings are one-hot at slot 0, which breaks the
       symmetry between rows.
+    controller: ``'lstm'`` or ``'feedforward'``.
+    controller_features: controller width.
+    num_read_heads: R.
+    num_write_heads: W.
+    shift_range: K; heads shift by −K..K slots.
     return_state: when True the cell outputs ``(logits, state)`` at every step,
       so ``nn.RNN`` returns the whole state trajectory (see :func:`trajectory`).
   """
   features: int
+  # Memory: N slots of width M, and its initial value.
   memory_size: int = 128
   word_size: int = 20
+  memory_init: str = "constant"
+  # Controller.
   controller: str = "lstm"
   controller_features: int = 100
+  # Heads.
   num_read_heads: int = 1
   num_write_heads: int = 1
   shift_range: int = 1
-  memory_init: str = "constant"
   return_state: bool = False
   param_dtype: Any = jnp.float32
 
@@ -253,25 +246,54 @@ class NTMCell(_cell.MemoryCell):
     return self._emit(NTMState(ctrl_state, new_mem, read_w, write_w, reads, carry.step + 1), logits)
 
 
-def _split_legacy(params: dict, cell: NTMCell) -> dict:
-  """One NTMCell parameter dict: the old "addressing"/"erase_add" Dense → the named projections."""
+def _is_legacy(node) -> bool:
+  return isinstance(node, Mapping) and all(k in node for k in LEGACY_PARAMS)
+
+
+def _is_named(node) -> bool:
+  return isinstance(node, Mapping) and all(k in node for k in HEAD_PARAMS + WRITE_PARAMS)
+
+
+def _legacy_columns(cell: NTMCell) -> dict[str, tuple[int, dict[str, tuple[int, int]]]]:
+  """Old Dense name -> (heads, {new name: its columns within one head's block})."""
+  cell = cell.cell if isinstance(cell, nn.RNN) else cell
+  if not isinstance(cell, NTMCell):
+    raise ValueError(f"argument `cell`: expected an NTMCell, got {type(cell).__name__}")
   m, s = cell.word_size, 2 * cell.shift_range + 1
-  heads, w = cell.num_read_heads + cell.num_write_heads, cell.num_write_heads
+  # Per head: [k (M), β, g, γ, s (2K+1)]; per write head: [e (M), a (M)].
+  return {"addressing": (cell.num_read_heads + cell.num_write_heads,
+                         {"key": (0, m), "beta": (m, m + 1), "gate": (m + 1, m + 2),
+                          "gamma": (m + 2, m + 3), "shift": (m + 3, m + 3 + s)}),
+          "erase_add": (cell.num_write_heads, {"erase": (0, m), "add": (m, 2 * m)})}
+
+
+def _split_legacy(params: Mapping, layout: dict) -> dict:
+  """One parameter dict: the old "addressing"/"erase_add" Dense → the named projections."""
   out = {k: v for k, v in params.items() if k not in LEGACY_PARAMS}
-  # Old columns, per head: [k (M), β, g, γ, s (2K+1)]; per write head: [e (M), a (M)].
-  layout = {"addressing": (heads, {"key": (0, m), "beta": (m, m + 1), "gate": (m + 1, m + 2),
-                                   "gamma": (m + 2, m + 3), "shift": (m + 3, m + 3 + s)}),
-            "erase_add": (w, {"erase": (0, m), "add": (m, 2 * m)})}
   for old, (num, parts) in layout.items():
+    width = num * max(b for _, b in parts.values())
     for leaf in ("kernel", "bias"):
       x = params[old][leaf]
-      if x.shape[-1] != num * max(b for _, b in parts.values()):
-        raise ValueError(f"argument `params`: {old}/{leaf} has shape {list(x.shape)}, which does "
-                         f"not fit {cell!r}")
+      if x.shape[-1] != width:
+        raise ValueError(f"argument `tree`: {old}/{leaf} has shape {list(x.shape)}, expected "
+                         f"{width} columns for this NTMCell")
       x = x.reshape(x.shape[:-1] + (num, -1))
       for name, (a, b) in parts.items():
         part = x[..., a:b]
         out.setdefault(name, {})[leaf] = part.reshape(part.shape[:-2] + (-1,))
+  return out
+
+
+def _merge_named(params: Mapping, layout: dict) -> dict:
+  """The inverse of :func:`_split_legacy`."""
+  out = {k: v for k, v in params.items() if k not in HEAD_PARAMS + WRITE_PARAMS}
+  for old, (num, parts) in layout.items():
+    out[old] = {}
+    for leaf in ("kernel", "bias"):
+      blocks = [params[name][leaf].reshape(params[name][leaf].shape[:-1] + (num, -1))
+                for name in sorted(parts, key=lambda n: parts[n][0])]
+      x = jnp.concatenate(blocks, axis=-1)
+      out[old][leaf] = x.reshape(x.shape[:-2] + (-1,))
   return out
 
 
@@ -283,15 +305,21 @@ def convert_legacy_params(cell: NTMCell, tree):
   heads' erase and add vectors with one ``erase_add`` (per write head,
   [e (M), a (M)]). This splits their kernel and bias columns into the
   projections ``key``, ``beta``, ``gate``, ``shift``, ``gamma``, ``erase``
-  and ``add``: the function the parameters compute is exactly the same.
+  and ``add``: the parameters compute exactly the same function.
 
-  Works on any tree holding such parameter dicts — ``nn.RNN`` variables
-  (``{"params": {"cell": ...}}``), a cell's own ``params``, or an optimiser
-  state whose moments mirror the parameters; everything else is returned as is.
+  Works on any pytree holding such parameter dicts: ``nn.RNN`` variables
+  (``{"params": {"cell": ...}}``), a cell's own params, or a whole
+  :class:`memjax.training.TrainState`, whose optimiser moments mirror the
+  parameters; everything else is returned as is. An orbax checkpoint of an
+  old run loads as::
+
+    like = training.init_state(params, optimizer)       # params of the new layout
+    old = training.load_checkpoint(workdir, to_legacy_params(cell, like))
+    state = convert_legacy_params(cell, old)
 
   Args:
-    cell: the :class:`NTMCell` the parameters belong to (for M, K, R and W).
-    tree: a pytree of nested dicts (numpy or jax arrays as leaves).
+    cell: the :class:`NTMCell` (or ``nn.RNN`` of it) the parameters belong to.
+    tree: a pytree.
 
   Returns:
     The same tree with every old-layout parameter dict converted.
@@ -299,23 +327,22 @@ def convert_legacy_params(cell: NTMCell, tree):
   Raises:
     ValueError: an old-layout dict whose shapes do not fit ``cell``.
   """
-  cell = cell.cell if isinstance(cell, nn.RNN) else cell
-  if not isinstance(cell, NTMCell):
-    raise ValueError(f"argument `cell`: expected an NTMCell, got {type(cell).__name__}")
+  layout = _legacy_columns(cell)
+  return jax.tree.map(lambda n: _split_legacy(n, layout) if _is_legacy(n) else n, tree,
+                      is_leaf=_is_legacy)
 
-  def walk(node):
-    if isinstance(node, dict) or (hasattr(node, "items") and hasattr(node, "keys")):
-      node = dict(node)
-      if all(k in node for k in LEGACY_PARAMS):
-        node = _split_legacy(node, cell)
-      return {k: walk(v) for k, v in node.items()}
-    return node
 
-  return walk(tree)
+def to_legacy_params(cell: NTMCell, tree):
+  """The inverse of :func:`convert_legacy_params`: named projections → the old layout.
+
+  For restoring an old checkpoint, whose tree structure is the old one (see
+  :func:`convert_legacy_params`).
+  """
+  layout = _legacy_columns(cell)
+  return jax.tree.map(lambda n: _merge_named(n, layout) if _is_named(n) else n, tree, is_leaf=_is_named)
 
 
 def is_legacy(tree) -> bool:
-  """Whether ``tree`` holds NTMCell parameters in the old one-Dense layout (see :func:`convert_legacy_params`)."""
-  if isinstance(tree, dict) or hasattr(tree, "items"):
-    return all(k in tree for k in LEGACY_PARAMS) or any(is_legacy(v) for v in tree.values())
-  return False
+  """Whether ``tree`` holds NTMCell parameters in the old one-Dense layout
+  (see :func:`convert_legacy_params`)."""
+  return any(_is_legacy(n) for n in jax.tree.leaves(tree, is_leaf=_is_legacy))

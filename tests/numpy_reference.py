@@ -139,6 +139,37 @@ def lrua_write(memory, weights, keys, least_used_prev):
   return out
 
 
+def _softmax(z):
+  z = z - z.max(-1, keepdims=True)
+  e = np.exp(z)
+  return e / e.sum(-1, keepdims=True)
+
+
+def lrua_step(memory, usage, read_w_prev, keys, adds, alpha, decay):
+  """The paper's equations (§3), in float64 numpy, for one example.
+
+  memory [N, M], usage [N], read_w_prev [R, N], keys [R, M] (read), adds [R, M]
+  (written: a_t, or the keys for the paper-literal form), alpha [R].
+  """
+  memory, usage, read_w_prev, keys, adds, alpha = map(_f64, (memory, usage, read_w_prev, keys, adds,
+                                                             alpha))
+  n = memory.shape[0]
+  r = read_w_prev.shape[0]
+  order = np.argsort(usage, kind="stable")
+  w_lu = np.zeros(n)
+  w_lu[order[:r]] = 1.0  # the R (= number of reads) least-used slots
+  g = 1.0 / (1.0 + np.exp(-alpha))
+  w_w = g[:, None] * read_w_prev + (1.0 - g[:, None]) * w_lu[None]  # [R, N]
+  m = memory.copy()
+  m[order[0]] = 0.0  # the least-used slot is zeroed before writing
+  m = m + w_w.T @ adds  # M_t(i) = M_{t-1}(i) + Σ_h w^w_h(i) a_h
+  cos = (keys @ m.T) / (np.linalg.norm(keys, axis=1)[:, None] * np.linalg.norm(m, axis=1)[None])
+  w_r = _softmax(cos)  # [R, N], read after write
+  reads = w_r @ m  # [R, M]
+  new_usage = decay * usage + w_r.sum(0) + w_w.sum(0)
+  return m, new_usage, w_r, w_w, reads
+
+
 # ---------------------------------------------------------------------------
 # Random test inputs shared by the test files (plain numpy, float32 by default).
 # "Away from zero": entries have magnitude in [0.5, 2], weightings have every

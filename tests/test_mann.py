@@ -1,9 +1,15 @@
-"""MANNCell (Santoro et al. 2016): LRUA step vs numpy, cell contract, losses, learning, experiment."""
+"""MANNCell (Santoro et al. 2016): one step vs numpy, cell contract, unroll, learning, experiment.
+
+The LRUA step itself is tested in tests/test_memory.py; the loss and per-instance
+accuracy in tests/test_tasks.py.
+"""
 
 from __future__ import annotations
 
 import importlib.util
 import json
+import os
+import sys
 from pathlib import Path
 
 import flax.linen as nn
@@ -14,8 +20,10 @@ import optax
 import pytest
 
 from memjax.data import episodes as episodes_lib
-from memjax.mann import (LSTMCell, MANNCell, MANNState, mann_loss, per_instance_accuracy,
-                         per_instance_counts, trajectory, unroll)
+from memjax.mann import LSTMCell, MANNCell, MANNState, mann_loss, trajectory, unroll
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import numpy_reference as ref  # noqa: E402
 
 SMALL = dict(features=2, memory_size=16, word_size=8, num_read_heads=2, controller_features=32)
 IN = 8 * 8 + 2  # input features: an 8×8 image and a 2-way one-hot label
@@ -26,29 +34,6 @@ def _np_softmax(z):
   z = z - z.max(-1, keepdims=True)
   e = np.exp(z)
   return e / e.sum(-1, keepdims=True)
-
-
-def _np_lrua_step(memory, usage, read_w_prev, keys, adds, alpha, decay):
-  """The paper's equations (§3), in float64 numpy, for one example.
-
-  memory [N, M], usage [N], read_w_prev [R, N], keys [R, M] (read), adds [R, M]
-  (written: a_t, or the keys for the paper-literal form), alpha [R].
-  """
-  n = memory.shape[0]
-  r = read_w_prev.shape[0]
-  order = np.argsort(usage, kind="stable")
-  w_lu = np.zeros(n)
-  w_lu[order[:r]] = 1.0  # the R (= number of reads) least-used slots
-  g = 1.0 / (1.0 + np.exp(-alpha))
-  w_w = g[:, None] * read_w_prev + (1.0 - g[:, None]) * w_lu[None]  # [R, N]
-  m = memory.copy()
-  m[order[0]] = 0.0  # the least-used slot is zeroed before writing
-  m = m + w_w.T @ adds  # M_t(i) = M_{t-1}(i) + Σ_h w^w_h(i) a_h
-  cos = (keys @ m.T) / (np.linalg.norm(keys, axis=1)[:, None] * np.linalg.norm(m, axis=1)[None])
-  w_r = _np_softmax(cos)  # [R, N], read after write
-  reads = w_r @ m  # [R, M]
-  new_usage = decay * usage + w_r.sum(0) + w_w.sum(0)
-  return m, new_usage, w_r, w_w, reads
 
 
 @pytest.fixture(scope="module")
@@ -82,7 +67,7 @@ def test_single_step_matches_numpy_paper_equations(small_params, write):
   dense = lambda name: h @ np.asarray(p[name]["kernel"]) + np.asarray(p[name]["bias"])
   keys, alpha = np.tanh(dense("key")).reshape(r, m), dense("gate")
   adds = np.tanh(dense("add")).reshape(r, m) if write == "add" else keys
-  mem, use, w_r, w_w, reads = _np_lrua_step(np.asarray(carry.memory, np.float64), usage, read_w_prev,
+  mem, use, w_r, w_w, reads = ref.lrua_step(np.asarray(carry.memory, np.float64), usage, read_w_prev,
                                             keys, adds, alpha, 0.9)
   tol = dict(rtol=1e-4, atol=1e-5)
   np.testing.assert_allclose(new.write_weights, w_w, **tol)
@@ -96,45 +81,6 @@ def test_single_step_matches_numpy_paper_equations(small_params, write):
       p["output"]["bias"])
   np.testing.assert_allclose(logits, out, **tol)
   assert int(new.step) == 1
-
-
-def _plain_lrua_step(memory, usage, w_prev, keys, adds, alpha, decay):
-  """The LRUA step in plain jax.numpy (autodiff's gradients are the reference)."""
-  r = w_prev.shape[0]
-  order = jnp.argsort(jax.lax.stop_gradient(usage), stable=True)
-  w_lu = jnp.zeros_like(usage).at[order[:r]].set(1.0)
-  clear = jnp.zeros_like(usage).at[order[0]].set(1.0)
-  g = jax.nn.sigmoid(alpha)[:, None]
-  w_w = g * w_prev + (1 - g) * w_lu
-  m = memory * (1 - clear)[:, None] + w_w.T @ adds
-  cos = (keys @ m.T) / (jnp.sqrt(jnp.sum(keys ** 2, 1) + 1e-8)[:, None] * jnp.sqrt(jnp.sum(m ** 2, 1) + 1e-8))
-  w_r = jax.nn.softmax(cos, axis=-1)
-  return m, decay * usage + w_r.sum(0) + w_w.sum(0), w_r, w_w, w_r @ m
-
-
-def test_lrua_step_hand_written_backward_equals_autodiff():
-  """lrua_step's custom VJP == autodiff of the plain equations, and == finite differences."""
-  from jax.test_util import check_grads
-  from memjax.mann import lrua_step
-  n, m, r = 16, 8, 3
-  rng = np.random.default_rng(1)
-  args = (jnp.asarray(rng.normal(size=(n, m)), jnp.float32),
-          jnp.asarray(rng.permutation(n) * 0.3 + rng.uniform(0, 0.1, n), jnp.float32),
-          jnp.asarray(_np_softmax(rng.normal(size=(r, n)) * 2), jnp.float32),
-          jnp.tanh(jnp.asarray(rng.normal(size=(r, m)), jnp.float32)),
-          jnp.tanh(jnp.asarray(rng.normal(size=(r, m)), jnp.float32)),
-          jnp.asarray(rng.normal(size=(r,)), jnp.float32), jnp.float32(0.95))
-  cot = tuple(jnp.asarray(rng.normal(size=o.shape), jnp.float32) for o in _plain_lrua_step(*args))
-  with jax.default_matmul_precision("highest"):
-    out, vjp = jax.vjp(lrua_step, *args)
-    want_out, want_vjp = jax.vjp(_plain_lrua_step, *args)
-    got, want = vjp(cot), want_vjp(cot)
-  for a, b in zip(out, want_out):
-    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
-  for a, b in zip(got, want):
-    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
-  check_grads(lambda *a: lrua_step(*a, jnp.float32(0.95)), args[:6], order=1, modes=["rev"],
-              atol=5e-2, rtol=5e-2, eps=1e-3)
 
 
 def test_initial_state_breaks_symmetry():
@@ -212,53 +158,6 @@ def test_lstm_baseline_cell():
   y, variables = jax.jit(model.init_with_output)(jax.random.key(0), x)
   assert y.shape == (2, 3, 6, 5) and np.all(np.isfinite(y))
   assert set(variables["params"]["cell"]) == {"controller", "output"}
-
-
-def test_mann_loss_onehot_and_string():
-  rng = np.random.default_rng(0)
-  logits = rng.normal(size=(2, 3, 4)).astype(np.float32)
-  targets = rng.integers(0, 4, size=(2, 3))
-  logp = np.log(_np_softmax(logits.astype(np.float64)))
-  expected = -np.mean(np.take_along_axis(logp, targets[..., None], -1))
-  np.testing.assert_allclose(mann_loss(logits, targets, "onehot"), expected, rtol=1e-5)
-
-  logits = rng.normal(size=(2, 3, 25)).astype(np.float32)
-  targets = rng.integers(0, 5, size=(2, 3, 5))
-  logp = np.log(_np_softmax(logits.reshape(2, 3, 5, 5).astype(np.float64)))
-  nll = -np.take_along_axis(logp, targets[..., None], -1)[..., 0]  # [2, 3, 5]
-  np.testing.assert_allclose(mann_loss(logits, targets, "string"), nll.sum(-1).mean(), rtol=1e-5)
-  # Uniform logits: 5 ln 5 per step, the chance level.
-  np.testing.assert_allclose(mann_loss(np.zeros((1, 2, 25)), np.zeros((1, 2, 5), int), "string"),
-                             5 * np.log(5), rtol=1e-6)
-  with pytest.raises(ValueError, match="targets"):
-    mann_loss(np.zeros((1, 2, 25)), np.zeros((1, 2), int), "string")
-  with pytest.raises(ValueError, match="label_mode"):
-    mann_loss(np.zeros((1, 2, 5)), np.zeros((1, 2), int), "binary")
-
-
-def test_per_instance_accuracy_constructed():
-  # One episode, 2 classes (labels 0, 1), 7 steps.
-  targets = np.array([[0, 1, 0, 0, 1, 1, 0]])
-  instance = np.array([[0, 0, 1, 2, 1, 2, 3]])
-  predicted = np.array([[1, 1, 0, 1, 0, 1, 0]])  # right at steps 1, 2, 5, 6
-  logits = np.eye(2)[predicted] * 3.0
-  acc = per_instance_accuracy(logits, targets, instance, "onehot", instances=(1, 2, 3, 4, 10))
-  # k=1: steps 0 (wrong), 1 (right); k=2: 2 (right), 4 (wrong); k=3: 3 (wrong), 5 (right);
-  # k=4: 6 (right); k=10 never occurs.
-  np.testing.assert_allclose(acc[:4], [0.5, 0.5, 0.5, 1.0])
-  assert np.isnan(acc[4])
-  correct, total = per_instance_counts(logits, targets, instance, "onehot", instances=(1, 2, 3, 4))
-  np.testing.assert_array_equal(correct, [1, 1, 1, 1])
-  np.testing.assert_array_equal(total, [2, 2, 2, 1])
-
-  # String labels: a prediction counts only with all 5 characters right.
-  targets = np.array([[[0, 1, 2, 3, 4], [4, 3, 2, 1, 0], [0, 1, 2, 3, 4]]])
-  instance = np.array([[0, 0, 1]])
-  pred = targets.copy()
-  pred[0, 1, 4] = 1  # one character wrong
-  logits = (np.eye(5)[pred] * 2.0).reshape(1, 3, 25)
-  acc = per_instance_accuracy(logits, targets, instance, "string", instances=(1, 2))
-  np.testing.assert_allclose(acc, [0.5, 1.0])
 
 
 def _prototype_images(key, num_chars=12, drawers=20, side=8, flip=0.05):

@@ -11,6 +11,9 @@
 5. Bad input: wrong shapes and dtypes raise ValueError naming the argument,
    eagerly and under jax.jit.
 6. vmap over heads and batch equals a Python loop.
+7. The whole LRUA step (Santoro et al. 2016, §3): forward against the numpy
+   reference, its hand-written backward pass against autodiff and finite
+   differences.
 """
 
 from __future__ import annotations
@@ -560,3 +563,62 @@ def test_vmap_write_over_heads_sequentially_matches_reference():
   for k in range(h):
     want = ref.write(want, w[k], erase[k], add[k])
   np.testing.assert_allclose(np_(got), want, **F32)
+
+
+# ---------------------------------------------------------------------------
+# 7. The LRUA step.
+
+
+def test_lrua_step_matches_numpy_paper_equations():
+  n, m, r = 16, 8, 3
+  rng = np.random.default_rng(2)
+  memory = rng.normal(size=(n, m))
+  usage = rng.permutation(n) * 0.3 + rng.uniform(0, 0.1, n)  # distinct usages, no ties
+  w_prev = ref._softmax(rng.normal(size=(r, n)) * 2)
+  keys, adds = np.tanh(rng.normal(size=(r, m))), np.tanh(rng.normal(size=(r, m)))
+  alpha = rng.normal(size=(r,))
+  f32 = lambda x: jnp.asarray(x, jnp.float32)
+  with jax.default_matmul_precision("highest"):
+    got = jax.jit(mem.lrua_step)(f32(memory), f32(usage), f32(w_prev), f32(keys), f32(adds), f32(alpha),
+                                 jnp.float32(0.9))
+  want = ref.lrua_step(memory, usage, w_prev, keys, adds, alpha, 0.9)
+  for name, a, b in zip(("memory", "usage", "read_weights", "write_weights", "reads"), got, want):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5, err_msg=name)
+
+
+def _plain_lrua_step(memory, usage, w_prev, keys, adds, alpha, decay):
+  """The LRUA step in plain jax.numpy (autodiff's gradients are the reference)."""
+  r = w_prev.shape[0]
+  order = jnp.argsort(jax.lax.stop_gradient(usage), stable=True)
+  w_lu = jnp.zeros_like(usage).at[order[:r]].set(1.0)
+  clear = jnp.zeros_like(usage).at[order[0]].set(1.0)
+  g = jax.nn.sigmoid(alpha)[:, None]
+  w_w = g * w_prev + (1 - g) * w_lu
+  m = memory * (1 - clear)[:, None] + w_w.T @ adds
+  cos = (keys @ m.T) / (jnp.sqrt(jnp.sum(keys ** 2, 1) + 1e-8)[:, None] * jnp.sqrt(jnp.sum(m ** 2, 1) + 1e-8))
+  w_r = jax.nn.softmax(cos, axis=-1)
+  return m, decay * usage + w_r.sum(0) + w_w.sum(0), w_r, w_w, w_r @ m
+
+
+def test_lrua_step_hand_written_backward_equals_autodiff():
+  """lrua_step's custom VJP == autodiff of the plain equations, and == finite differences."""
+  lrua_step = mem.lrua_step
+  n, m, r = 16, 8, 3
+  rng = np.random.default_rng(1)
+  args = (jnp.asarray(rng.normal(size=(n, m)), jnp.float32),
+          jnp.asarray(rng.permutation(n) * 0.3 + rng.uniform(0, 0.1, n), jnp.float32),
+          jnp.asarray(ref._softmax(rng.normal(size=(r, n)) * 2), jnp.float32),
+          jnp.tanh(jnp.asarray(rng.normal(size=(r, m)), jnp.float32)),
+          jnp.tanh(jnp.asarray(rng.normal(size=(r, m)), jnp.float32)),
+          jnp.asarray(rng.normal(size=(r,)), jnp.float32), jnp.float32(0.95))
+  cot = tuple(jnp.asarray(rng.normal(size=o.shape), jnp.float32) for o in _plain_lrua_step(*args))
+  with jax.default_matmul_precision("highest"):
+    out, vjp = jax.vjp(lrua_step, *args)
+    want_out, want_vjp = jax.vjp(_plain_lrua_step, *args)
+    got, want = vjp(cot), want_vjp(cot)
+  for a, b in zip(out, want_out):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+  for a, b in zip(got, want):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+  check_grads(lambda *a: lrua_step(*a, jnp.float32(0.95)), args[:6], order=1, modes=["rev"],
+              atol=5e-2, rtol=5e-2, eps=1e-3)

@@ -193,3 +193,53 @@ def test_short_training_reduces_loss():
   first, last = np.mean(losses[:20]), np.mean(losses[-20:])
   assert first > 2.5  # ≈ 4 bits × ln 2 at chance
   assert last < 0.6 * first, (first, last)
+
+
+def _legacy_layout(params):
+  """The named head projections merged back into the old one-Dense layout:
+  "addressing" per head [k (M), β, g, γ, s (2K+1)], "erase_add" per write head [e, a]."""
+  def merge(names, heads):
+    out = {}
+    for leaf in ("kernel", "bias"):
+      parts = [params[n][leaf].reshape(params[n][leaf].shape[:-1] + (heads, -1)) for n in names]
+      cat = jnp.concatenate(parts, axis=-1)
+      out[leaf] = cat.reshape(cat.shape[:-2] + (-1,))
+    return out
+  named = ("key", "beta", "gate", "shift", "gamma", "erase", "add")
+  old = {k: v for k, v in params.items() if k not in named}
+  old["addressing"] = merge(("key", "beta", "gate", "gamma", "shift"), 3)
+  old["erase_add"] = merge(("erase", "add"), 1)
+  return old
+
+
+def test_legacy_parameters_convert_to_the_same_function():
+  """Old-layout trees (one "addressing", one "erase_add" Dense) convert exactly;
+  applied unconverted they give a clear error."""
+  from memjax.ntm import convert_legacy_params, is_legacy, to_legacy_params
+  cell = NTMCell(**SMALL, num_read_heads=2, shift_range=2)
+  x = jax.random.normal(jax.random.key(1), (2, 6, 4))
+  model, variables = init(cell, x)
+  assert {"key", "beta", "gate", "shift", "gamma", "erase", "add"} <= set(variables["params"]["cell"])
+  legacy = {"params": {"cell": _legacy_layout(variables["params"]["cell"])}}
+  assert is_legacy(legacy) and not is_legacy(variables)
+  converted = convert_legacy_params(model, legacy)
+  chex.assert_trees_all_equal(converted, variables)
+  chex.assert_trees_all_equal(to_legacy_params(cell, variables), legacy)
+  # An optimiser state mirrors the parameters: converted the same way, the rest left alone.
+  opt_state = optax.adam(1e-3).init(legacy["params"])
+  new_state = convert_legacy_params(cell, opt_state)
+  chex.assert_trees_all_equal_structs(new_state, optax.adam(1e-3).init(variables["params"]))
+  with pytest.raises(ValueError, match="convert_legacy_params"):
+    model.apply(legacy, x)
+
+
+@pytest.mark.parametrize("make", [
+    lambda: NTMCell(**SMALL),
+    lambda: __import__("memjax").MANNCell(features=3, memory_size=16, word_size=5, num_read_heads=2,
+                                          controller_features=12),
+])
+def test_wrong_input_width_names_the_argument(make):
+  cell = make()
+  model, variables = init(cell, jnp.zeros((2, 5, 4)))
+  with pytest.raises(ValueError, match=r"argument `inputs`: expected 4 features per step.*got 6"):
+    model.apply(variables, jnp.zeros((2, 5, 6)))

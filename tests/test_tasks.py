@@ -1,4 +1,5 @@
-"""Algorithmic tasks: layouts checked against plain-numpy constructions of Graves et al. §4."""
+"""Tasks: algorithmic layouts checked against plain-numpy constructions of Graves et al. §4;
+the Omniglot task's loss and per-instance accuracy (Santoro et al. 2016) against numpy."""
 
 from __future__ import annotations
 
@@ -8,6 +9,13 @@ import numpy as np
 import pytest
 
 from memjax import tasks
+from memjax.tasks.omniglot import mann_loss, per_instance_accuracy, per_instance_counts
+
+
+def _np_softmax(z):
+  z = z - z.max(-1, keepdims=True)
+  e = np.exp(z)
+  return e / e.sum(-1, keepdims=True)
 
 
 def test_copy_layout_matches_definition():
@@ -94,3 +102,92 @@ def test_bad_arguments(kwargs, match):
     tasks.copy(jax.random.key(0), 4, **kwargs)
   with pytest.raises(ValueError, match="min_items"):
     tasks.associative_recall(jax.random.key(0), 4, min_items=1)
+
+
+# ---------------------------------------------------------------------------
+# The Omniglot task (memjax.tasks.omniglot).
+
+
+def test_mann_loss_onehot_and_string():
+  rng = np.random.default_rng(0)
+  logits = rng.normal(size=(2, 3, 4)).astype(np.float32)
+  targets = rng.integers(0, 4, size=(2, 3))
+  logp = np.log(_np_softmax(logits.astype(np.float64)))
+  expected = -np.mean(np.take_along_axis(logp, targets[..., None], -1))
+  np.testing.assert_allclose(mann_loss(logits, targets, "onehot"), expected, rtol=1e-5)
+
+  logits = rng.normal(size=(2, 3, 25)).astype(np.float32)
+  targets = rng.integers(0, 5, size=(2, 3, 5))
+  logp = np.log(_np_softmax(logits.reshape(2, 3, 5, 5).astype(np.float64)))
+  nll = -np.take_along_axis(logp, targets[..., None], -1)[..., 0]  # [2, 3, 5]
+  np.testing.assert_allclose(mann_loss(logits, targets, "string"), nll.sum(-1).mean(), rtol=1e-5)
+  # Uniform logits: 5 ln 5 per step, the chance level.
+  np.testing.assert_allclose(mann_loss(np.zeros((1, 2, 25)), np.zeros((1, 2, 5), int), "string"),
+                             5 * np.log(5), rtol=1e-6)
+  with pytest.raises(ValueError, match="targets"):
+    mann_loss(np.zeros((1, 2, 25)), np.zeros((1, 2), int), "string")
+  with pytest.raises(ValueError, match="label_mode"):
+    mann_loss(np.zeros((1, 2, 5)), np.zeros((1, 2), int), "binary")
+
+
+def test_per_instance_accuracy_constructed():
+  # One episode, 2 classes (labels 0, 1), 7 steps.
+  targets = np.array([[0, 1, 0, 0, 1, 1, 0]])
+  instance = np.array([[0, 0, 1, 2, 1, 2, 3]])
+  predicted = np.array([[1, 1, 0, 1, 0, 1, 0]])  # right at steps 1, 2, 5, 6
+  logits = np.eye(2)[predicted] * 3.0
+  acc = per_instance_accuracy(logits, targets, instance, "onehot", instances=(1, 2, 3, 4, 10))
+  # k=1: steps 0 (wrong), 1 (right); k=2: 2 (right), 4 (wrong); k=3: 3 (wrong), 5 (right);
+  # k=4: 6 (right); k=10 never occurs.
+  np.testing.assert_allclose(acc[:4], [0.5, 0.5, 0.5, 1.0])
+  assert np.isnan(acc[4])
+  correct, total = per_instance_counts(logits, targets, instance, "onehot", instances=(1, 2, 3, 4))
+  np.testing.assert_array_equal(correct, [1, 1, 1, 1])
+  np.testing.assert_array_equal(total, [2, 2, 2, 1])
+
+  # String labels: a prediction counts only with all 5 characters right.
+  targets = np.array([[[0, 1, 2, 3, 4], [4, 3, 2, 1, 0], [0, 1, 2, 3, 4]]])
+  instance = np.array([[0, 0, 1]])
+  pred = targets.copy()
+  pred[0, 1, 4] = 1  # one character wrong
+  logits = (np.eye(5)[pred] * 2.0).reshape(1, 3, 25)
+  acc = per_instance_accuracy(logits, targets, instance, "string", instances=(1, 2))
+  np.testing.assert_allclose(acc, [0.5, 1.0])
+
+
+def test_optax_cross_entropy_equals_log_softmax_form():
+  """The losses from optax.losses equal the log-softmax form they replace (values and gradients)."""
+  from memjax import evaluation
+  rng = np.random.default_rng(3)
+  logits = jnp.asarray(rng.normal(size=(3, 6, 5)) * 4, jnp.float32)
+  targets = jnp.asarray(rng.integers(0, 5, size=(3, 6)))
+  by_hand = lambda z: -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(z), targets[..., None], -1))
+  np.testing.assert_allclose(mann_loss(logits, targets), by_hand(logits), rtol=1e-6)
+  np.testing.assert_allclose(jax.grad(mann_loss)(logits, targets), jax.grad(by_hand)(logits),
+                             rtol=1e-5, atol=1e-7)
+  strings = jnp.asarray(rng.integers(0, 5, size=(3, 6, 5)))
+  logits25 = jnp.asarray(rng.normal(size=(3, 6, 25)) * 4, jnp.float32)
+  logp = jax.nn.log_softmax(logits25.reshape(3, 6, 5, 5))
+  want = jnp.mean(jnp.sum(-jnp.take_along_axis(logp, strings[..., None], -1)[..., 0], -1))
+  np.testing.assert_allclose(mann_loss(logits25, strings, "string"), want, rtol=1e-6)
+
+  class Model:  # episode_metrics' model: apply(params, support, support_labels, query) -> [Q, N]
+    @staticmethod
+    def apply(params, support, support_labels, query):
+      return query
+
+  episodes = type("Episodes", (), dict(support=jnp.zeros((3, 1)), support_labels=jnp.zeros((3, 1)),
+                                       query=logits, query_labels=targets))
+  loss, _, _ = evaluation.episode_metrics(Model, None, episodes)
+  np.testing.assert_allclose(loss, by_hand(logits), rtol=1e-6)
+
+
+def test_omniglot_names_keep_their_old_import_paths():
+  from memjax import mann
+  from memjax.data import episodes
+  from memjax.tasks import omniglot
+  for name in ("mann_loss", "per_instance_accuracy", "per_instance_counts", "correct_predictions",
+               "LABEL_MODES", "STRING_LENGTH", "STRING_SYMBOLS", "DEFAULT_INSTANCES"):
+    assert getattr(mann, name) is getattr(omniglot, name)
+  for name in ("LABEL_MODES", "STRING_LENGTH", "STRING_SYMBOLS", "encode_labels", "label_dim"):
+    assert getattr(episodes, name) is getattr(omniglot, name)

@@ -19,6 +19,9 @@ either one-hot class indices or, as in the paper's Table 2, strings of five
 characters over a five-letter alphabet, encoded as five concatenated one-hots
 (25 values); the strings of the classes of one episode are always distinct.
 
+Label formats, losses and metrics of the task: :mod:`memjax.tasks.omniglot`
+(``LABEL_MODES``, ``encode_labels`` and ``label_dim`` are re-exported here).
+
 ``sample_few_shot`` builds N-way, S-shot classification episodes (support
 and query sets, Vinyals et al. 2016) as used by Meta Networks.
 """
@@ -32,6 +35,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+# Label formats live with the task (memjax.tasks.omniglot); re-exported here for the samplers' users.
+from memjax.tasks.omniglot import LABEL_MODES, STRING_LENGTH, STRING_SYMBOLS, encode_labels, label_dim
+from memjax.tasks.omniglot import check_label_mode as _check_label_mode
+
 __all__ = [
     "LABEL_MODES",
     "STRING_LENGTH",
@@ -43,10 +50,6 @@ __all__ = [
     "sample_few_shot",
     "sample_mann_episodes",
 ]
-
-LABEL_MODES = ("onehot", "string")
-STRING_LENGTH = 5   # characters per string label
-STRING_SYMBOLS = 5  # letters per character
 
 
 class MANNEpisode(NamedTuple):
@@ -86,39 +89,6 @@ def _check_int(name: str, value, minimum: int) -> int:
   if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
     raise ValueError(f"argument `{name}`: expected an int >= {minimum}, got {value!r}")
   return int(value)
-
-
-def _check_label_mode(label_mode: str) -> None:
-  if label_mode not in LABEL_MODES:
-    raise ValueError(f"argument `label_mode`: expected one of {LABEL_MODES}, got {label_mode!r}")
-
-
-def label_dim(num_classes: int, label_mode: str = "onehot") -> int:
-  """Width of an encoded label: ``num_classes`` (one-hot) or 25 (string)."""
-  _check_label_mode(label_mode)
-  return num_classes if label_mode == "onehot" else STRING_LENGTH * STRING_SYMBOLS
-
-
-def encode_labels(targets: jax.Array, *, num_classes: int, label_mode: str = "onehot") -> jax.Array:
-  """Encodes labels as the samplers feed them to the network.
-
-  Args:
-    targets: int ``[...]`` in ``0..num_classes-1`` (``'onehot'``) or int
-      ``[..., 5]`` in ``0..4`` (``'string'``).
-    num_classes: classes per episode (one-hot width).
-    label_mode: ``'onehot'`` or ``'string'``.
-
-  Returns:
-    float32 ``[..., label_dim(num_classes, label_mode)]``.
-  """
-  _check_label_mode(label_mode)
-  if label_mode == "onehot":
-    return jax.nn.one_hot(targets, num_classes, dtype=jnp.float32)
-  if targets.shape[-1:] != (STRING_LENGTH,):
-    raise ValueError(f"argument `targets`: expected shape [..., {STRING_LENGTH}] for string "
-                     f"labels, got {list(targets.shape)}")
-  onehot = jax.nn.one_hot(targets, STRING_SYMBOLS, dtype=jnp.float32)
-  return onehot.reshape(*targets.shape[:-1], STRING_LENGTH * STRING_SYMBOLS)
 
 
 def _check_images(images, rotate: bool) -> tuple[int, int, int, int]:

@@ -1,4 +1,10 @@
-"""Tasks: algorithmic sequence tasks of Graves et al. 2014 (copy, repeat copy, associative recall)."""
+"""Tasks: what a model is asked to do and how it is scored.
+
+* :mod:`memjax.tasks.algorithmic` — copy, repeat copy, associative recall
+  (Graves et al. 2014), built on device from a PRNG key;
+* :mod:`memjax.tasks.omniglot` — the one-shot Omniglot task of Santoro et al.
+  2016: label formats, the loss and per-instance accuracy.
+"""
 
 from memjax.tasks.algorithmic import (
     Batch,
@@ -10,6 +16,7 @@ from memjax.tasks.algorithmic import (
     repeat_copy_length,
     sequence_loss,
 )
+from memjax.tasks import algorithmic, omniglot
 
 # name -> (sampler, number of input channels given num_bits, number of target channels)
 TASKS = {
@@ -18,6 +25,5 @@ TASKS = {
     "associative_recall": (associative_recall, lambda bits: bits + 2, lambda bits: bits),
 }
 
-__all__ = ["Batch", "TASKS", "associative_recall", "associative_recall_length", "copy", "copy_length",
-           "repeat_copy", "repeat_copy_length",
-           "sequence_loss"]
+__all__ = ["Batch", "TASKS", "algorithmic", "associative_recall", "associative_recall_length", "copy",
+           "copy_length", "omniglot", "repeat_copy", "repeat_copy_length", "sequence_loss"]
