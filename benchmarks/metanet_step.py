@@ -1,6 +1,6 @@
 """MetaNet train step: the previous implementation against the current one and candidate variants.
 
-Issue 12 asks for an episode ≥ 2.5× faster at 5-way and at 20-way than the
+The target is an episode ≥ 2.5× faster at 5-way and at 20-way than the
 implementation before the speed work, measured side by side in one run,
 without changing the model's mathematics. This harness:
 
@@ -41,7 +41,7 @@ Run it on a quiet machine: the timed rounds of the variants alternate, so a
 load that changes slowly affects them alike, but a loaded machine makes every
 figure noisy.
 
-Where the work is (``--no-timing --profile``, 2026-11-30, JAX 0.10.2 CPU; the
+Where the work is (``--no-timing --profile``, JAX 0.10.2 CPU; the
 default model, first order, value_and_grad of one episode, 10 queries per
 class; GFLOP of dots and convolutions and GB of operands + results, loop bodies
 × trip count):
@@ -60,7 +60,7 @@ total                                        26.0 / 13.4       75.2 / 23.1
 
 * XLA's ``cost_analysis()`` gives 17.0 / 64.7 GFLOP because it counts the
   LSTM's 5-step loop once; with the loop counted the step at 0.70 s / 3.17 s
-  (issue 12's quiet-machine figures) runs at 37 / 24 GFLOP/s, i.e. ~43% / 28%
+  (quiet-machine figures) runs at 37 / 24 GFLOP/s, i.e. ~43% / 28%
   of the 86 GFLOP/s fp32 matmul peak measured in the README, not 8–20%.
 * At 5-way the step is bound by memory traffic: 13.4 GB in 0.70 s is ~19 GB/s,
   and three quarters of the bytes are the coordinate-wise LSTM d (its [80, P]
@@ -89,7 +89,7 @@ import functools
 import re
 import statistics
 import time
-from typing import Any, Callable
+from typing import Callable
 
 import numpy as np
 
@@ -112,17 +112,17 @@ GRAD_RTOL = 1e-2
 
 def _im2col_conv(x, kernel):
   """3×3 'SAME' convolution of one image as patches @ kernel (no conv op)."""
-  from memjax import metanet
+  from memjax.metanet import layers
   kh, kw, c, f = kernel.shape
-  return (metanet._patches(x, kh, kw) @ kernel.reshape(kh * kw * c, f)).reshape(*x.shape[:2], f)
+  return (layers._patches(x, kh, kw) @ kernel.reshape(kh * kw * c, f)).reshape(*x.shape[:2], f)
 
 
 def _im2col_features(slow, x):
-  """:func:`memjax.metanet.conv_features` with slow weights only, through :func:`_im2col_conv`."""
-  from memjax import metanet
+  """:func:`memjax.metanet.layers.conv_features` with slow weights only, through :func:`_im2col_conv`."""
+  from memjax.metanet import layers
   h, b = x, 0
   while f"conv{b}" in slow:
-    h = metanet._max_pool(_relu(_im2col_conv(h, slow[f"conv{b}"])))
+    h = layers._max_pool(_relu(_im2col_conv(h, slow[f"conv{b}"])))
     b += 1
   return h.reshape(-1)
 
@@ -141,33 +141,40 @@ def _im2col_embedding_hidden(slow, x):
 
 
 @contextlib.contextmanager
-def _patched(module, **attrs):
-  old = {k: getattr(module, k) for k in attrs}
-  for k, v in attrs.items():
-    setattr(module, k, v)
+def _patched(*patches):
+  """Sets ``(module, name, value)`` attributes while active, restoring them after."""
+  old = [(module, name, getattr(module, name)) for module, name, _ in patches]
+  for module, name, value in patches:
+    setattr(module, name, value)
   try:
     yield
   finally:
-    for k, v in old.items():
-      setattr(module, k, v)
+    for module, name, value in old:
+      setattr(module, name, value)
 
 
 def variant_context(name: str):
-  """(model class, context manager active while the variant is traced)."""
-  from memjax import metanet
+  """(model class, context manager active while the variant is traced).
+
+  A helper is patched in the :mod:`memjax.metanet` submodule that calls it:
+  the support-loss features and the meta learner d in ``module``, the
+  convolution in ``layers``.
+  """
+  from memjax.metanet import layers, meta_learners, module
   if name == "reference":
     from benchmarks.reference import metanet_v1
     return metanet_v1.MetaNet, contextlib.nullcontext()
-  patches = {}
+  patches = []
   if name == "im2col_support":
-    patches.update(_hidden=_im2col_hidden, _embedding_hidden=_im2col_embedding_hidden)
+    patches += [(module, "_hidden", _im2col_hidden),
+                (module, "_embedding_hidden", _im2col_embedding_hidden)]
   if name in ("im2col_all", "combined"):
-    patches.update(_conv=_im2col_conv)
+    patches += [(layers, "_conv", _im2col_conv)]
   if name in ("lstm_no_remat", "combined"):
-    patches.update(lstm_apply=functools.partial(metanet.lstm_apply, remat=False))
+    patches += [(module, "lstm_apply", functools.partial(meta_learners.lstm_apply, remat=False))]
   if name not in VARIANTS:
     raise ValueError(f"argument `name`: expected one of {VARIANTS}, got {name!r}")
-  return metanet.MetaNet, _patched(metanet, **patches)
+  return module.MetaNet, _patched(*patches)
 
 
 # --------------------------------------------------------------------------- the step

@@ -17,9 +17,9 @@ the authors use the same plain softmax of cosines and report 97.0% at 20-way.
 The retrieved W* is then mostly other classes' fast weights, but the
 own-class example's share still moves the logits in its class's favour, and
 that label information survives even when the attention is close to uniform.
-The earlier near-chance 20-way runs came from the scale of the fast weights
-(rescaled per layer, their logits spread ~0.002 and the loss sat at ln 20;
-issue 12) and from short training, not from the softmax.
+Near-chance 20-way runs of an earlier version came from the scale of the fast
+weights (rescaled per layer, their logits spread ~0.002 and the loss sat at
+ln 20) and from short training, not from the softmax.
 
     python experiments/metanet_attention.py --data-dir PATH/TO/omniglot --workdir runs/metanet_20way
 """
@@ -30,18 +30,19 @@ import argparse
 import json
 import math
 import os
-import sys
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import omniglot_metanet as om  # noqa: E402
+from memjax import cli, evaluation, training
+from memjax.cli import positive_int
+from memjax.data import sample_few_shot
+from memjax.metanet import MetaNet, build_model
+from memjax.metanet.omniglot import FAST_WEIGHTS, IMAGE_SIZE, NUM_SUPPORT
 
-from memjax import cli, training  # noqa: E402
-from memjax.cli import positive_int  # noqa: E402
-from memjax.data import load, sample_few_shot  # noqa: E402
+# config.json keys this script reads (every omniglot_metanet.py run records them).
+RUN_KEYS = ("num_classes", "ablate", "test_split", "num_query", "lr", "clip")
 
 
 def simplex_attention(n: int) -> float:
@@ -61,21 +62,22 @@ def main(argv=None) -> dict:
       config = json.load(f)
   except FileNotFoundError:
     p.error(f"no config.json in {args.workdir}: not an omniglot_metanet.py run directory")
-  if config.get("fast_weights") != om.FAST_WEIGHTS:
+  if config.get("fast_weights") != FAST_WEIGHTS:
     p.error(f"{args.workdir} is a run of the earlier MetaNet (fast weights rescaled per layer); "
             f"this code cannot load it")
-  run_args = om.build_parser().parse_args([])
-  vars(run_args).update(config)
-  model = om.build_model(run_args)
+  missing = [k for k in RUN_KEYS if k not in config]
+  if missing:
+    p.error(f"{args.workdir}/config.json lacks {missing}: not an omniglot_metanet.py run directory")
+  model = build_model(config)
   if not model.use_example_fast_weights:
-    p.error(f"the run in {args.workdir} has no example-level fast weights (--ablate {run_args.ablate})")
-  n = run_args.num_classes
-  images = jnp.asarray(load(run_args.test_split, om.IMAGE_SIZE, data_dir=args.data_dir).images)
+    p.error(f"the run in {args.workdir} has no example-level fast weights (--ablate {config['ablate']})")
+  n = config["num_classes"]
+  images = jnp.asarray(cli.load_omniglot(p, args.data_dir, config["test_split"],
+                                         image_size=IMAGE_SIZE)[0])
   # Test episodes are not rotated (as omniglot_metanet.py's evaluation).
-  kw = dict(num_classes=n, num_support=om.NUM_SUPPORT, num_query=run_args.num_query, rotate=False)
-  ex = sample_few_shot(jax.random.key(0), images, batch_size=1, **kw)
-  params = model.init(jax.random.key(0), ex.support[0], ex.support_labels[0], ex.query[0])
-  opt = training.make_optimizer("adam", run_args.lr, clip=run_args.clip)
+  kw = dict(num_classes=n, num_support=NUM_SUPPORT, num_query=config["num_query"], rotate=False)
+  params = model.init(jax.random.key(0), method=MetaNet.init_params)
+  opt = training.make_optimizer("adam", config["lr"], clip=config["clip"])
   try:
     state = training.load_checkpoint(args.workdir, training.init_state(params, opt))
   except FileNotFoundError as e:
@@ -89,7 +91,7 @@ def main(argv=None) -> dict:
     own = qy[:, None] == sy[None, :]
     return jnp.sum(a * own, axis=1), (sy[jnp.argmax(a, axis=1)] == qy)
 
-  own, hit = zip(*[stats(state.params, jax.random.fold_in(jax.random.key(om.EVAL_KEY), 10_000 + i))
+  own, hit = zip(*[stats(state.params, jax.random.fold_in(jax.random.key(evaluation.EVAL_KEY), 10_000 + i))
                    for i in range(args.episodes)])
   own, hit = np.concatenate(own), np.concatenate(hit)
   res = {"workdir": args.workdir, "step": int(state.step), "num_classes": n, "episodes": args.episodes,

@@ -50,13 +50,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from memjax import evaluation, training
-from memjax.evaluation import episode_metrics, mean_ci95  # noqa: F401 (used here and by importers)
-from memjax import cli
+from memjax import cli, evaluation, training
 from memjax.cli import non_negative_int, positive_float, positive_int, write_json
-from memjax.data import load, sample_few_shot
+from memjax.data import sample_few_shot
 from memjax.data.omniglot import SPLITS
-from memjax.metanet import EMBEDDING_LOSSES, FAST_LAYERS, MetaNet
+from memjax.evaluation import mean_ci95
+from memjax.metanet import EMBEDDING_LOSSES, FAST_LAYERS, MetaNet, episode_loss
+from memjax.metanet.omniglot import ABLATIONS, FAST_WEIGHTS, IMAGE_SIZE, NUM_SUPPORT, build_model
 
 # N-way 1-shot Omniglot accuracy (%), Munkhdalai & Yu 2017.
 PAPER = {
@@ -73,16 +73,10 @@ BASELINES = {
     "Prototypical Nets": {5: 98.8, 20: 96.0},
     "MAML": {5: 98.7, 20: 95.8},
 }
-ABLATIONS = {  # --ablate -> (use_task_fast_weights, use_example_fast_weights)
-    "none": (True, True),
-    "slow_only": (False, False),
-    "no_task": (False, True),
-    "no_example": (True, False),
-}
-FAST_WEIGHTS = "raw"  # config.json marker: fast weights are the meta learners' raw outputs
-IMAGE_SIZE = 28
-NUM_SUPPORT = 1
-EVAL_KEY = 2**31 - 1  # never a training key: those are fold_in(key(seed), step)
+# Flags that are not part of a run's configuration (config.json).
+NOT_CONFIG = ("resume", "no_progress", "no_plots", "max_minutes", "steps", "data_dir", "eval_episodes",
+              "eval_every", "curve_episodes", "checkpoint_every", "log_every", "test_num_classes",
+              "eval_only")
 
 
 def num_ways(text):
@@ -165,18 +159,53 @@ def build_parser() -> argparse.ArgumentParser:
   return p
 
 
-def build_model(args, num_classes: int | None = None) -> MetaNet:
-  """The run's MetaNet; with ``num_classes`` K ≠ N, the same model with a K-way
-  softmax layer of fast weights only, for the N-way-trained variables."""
-  use_task, use_example = ABLATIONS[args.ablate]
-  k = args.num_classes if num_classes is None else num_classes
-  return MetaNet(num_classes=k, image_shape=(IMAGE_SIZE, IMAGE_SIZE, 1),
-                 filters=args.filters, num_blocks=args.num_blocks, hidden=args.hidden,
-                 fast_layers=args.fast_layers, embedding_loss=args.embedding_loss,
-                 use_task_fast_weights=use_task, use_example_fast_weights=use_example,
-                 second_order=args.second_order,
-                 fast_only_output=bool(getattr(args, "fast_only_output", False))
-                 or k != args.num_classes)
+def run_config(parser: argparse.ArgumentParser, args) -> dict:
+  """The run's configuration (config.json), checked against the run in ``--workdir``.
+
+  ``--eval-only`` takes the recorded configuration (flags given must not
+  contradict it); ``--resume`` must repeat it. ``workdir`` is recorded but
+  not compared (the same directory may be given as a relative or an absolute
+  path). A run without the :data:`FAST_WEIGHTS` marker (fast weights rescaled
+  per layer) neither resumes nor evaluates. Writes nothing.
+  """
+  config = {k: v for k, v in vars(args).items() if k not in NOT_CONFIG}
+  config["fast_weights"] = FAST_WEIGHTS
+  path = os.path.join(args.workdir, "config.json")
+  if args.eval_only and not os.path.exists(path):
+    parser.error(f"--eval-only: no {path}; train a run in --workdir first")
+  if not (args.eval_only or args.resume) or not os.path.exists(path):
+    return config
+  with open(path) as f:
+    old = json.load(f)
+  compared = [k for k in config if k != "workdir"]
+  if args.resume:
+    changed = sorted(k for k in compared if old.get(k, parser.get_default(k)) != config[k])
+    if changed:
+      parser.error(f"--resume with a different configuration than {path}: {changed}")
+    return config
+  if old.get("fast_weights") != FAST_WEIGHTS:
+    parser.error(f"--eval-only: {path} is a run of the earlier MetaNet (fast weights "
+                 f"rescaled per layer); this code cannot evaluate it")
+  changed = sorted(k for k in compared if k in old and config[k] != parser.get_default(k)
+                   and config[k] != old[k])
+  if changed:
+    parser.error(f"--eval-only with flags that differ from {path}: {changed}")
+  for k in compared:
+    if k != "fast_weights":
+      setattr(args, k, old.get(k, parser.get_default(k)))
+  return {k: config[k] if k in ("workdir", "fast_weights") else getattr(args, k) for k in config}
+
+
+def load_images(parser: argparse.ArgumentParser, args) -> tuple[jax.Array, jax.Array]:
+  """The train and test characters [C, 20, 28, 28], checked to fit the episodes."""
+  train_images, test_images = (jnp.asarray(x) for x in cli.load_omniglot(
+      parser, args.data_dir, args.train_split, args.test_split, image_size=IMAGE_SIZE))
+  for split, imgs, ways in ((args.train_split, train_images, [args.num_classes]),
+                            (args.test_split, test_images, [args.num_classes, *args.test_num_classes])):
+    if imgs.shape[0] < max(ways) or imgs.shape[1] < NUM_SUPPORT + args.num_query:
+      parser.error(f"split {split!r} has {imgs.shape[0]} characters × {imgs.shape[1]} drawers: "
+                   f"too few for {max(ways)}-way 1-shot with {args.num_query} queries")
+  return train_images, test_images
 
 
 def make_evaluator(model, images, args, chunk: int = 4, num_classes: int | None = None):
@@ -187,6 +216,75 @@ def make_evaluator(model, images, args, chunk: int = 4, num_classes: int | None 
   return evaluation.few_shot_evaluator(model, images, num_classes=n, num_query=args.num_query,
                                        num_support=NUM_SUPPORT, chunk=chunk, rotate=False,
                                        sampler=sample_few_shot)
+
+
+def train(parser: argparse.ArgumentParser, args, loss_fn, params, eval_fn):
+  """``(state, history)``: Adam with clipped gradients for ``--steps`` updates or
+  ``--max-minutes`` (checkpointed in ``--workdir``); with ``--eval-only`` the
+  checkpoint in ``--workdir`` and no history."""
+  optimizer = training.make_optimizer("adam", args.lr, clip=args.clip)
+  if args.eval_only:
+    try:
+      return training.load_checkpoint(args.workdir, training.init_state(params, optimizer)), []
+    except FileNotFoundError as e:
+      parser.error(f"--eval-only: {e}")
+  return training.fit(
+      loss_fn, params, optimizer, num_steps=args.steps, seed=args.seed, workdir=args.workdir,
+      checkpoint_every=args.checkpoint_every, resume=args.resume, log_every=args.log_every,
+      progress=not args.no_progress, eval_every=args.eval_every,
+      eval_fn=eval_fn if args.eval_every else None, max_seconds=args.max_minutes * 60)
+
+
+def episodes_per_hour(history: list[dict], eval_seconds: float, batch_size: int) -> float | None:
+  """Training throughput between the first and last metric lines of this invocation
+  (no compile time), minus the learning-curve evaluations in between."""
+  if len(history) < 2:
+    return None
+  first, last = history[0], history[-1]
+  curve = sum(1 for r in history[1:] if "test_accuracy" in r)
+  per_curve = eval_seconds / max(1, sum(1 for r in history if "test_accuracy" in r))
+  dt = last["wall_time"] - first["wall_time"] - curve * per_curve
+  return (last["step"] - first["step"]) * batch_size / dt * 3600 if dt > 0 else None
+
+
+def k_way_tests(args, params, images, acc: np.ndarray, eval_key, progress: bool) -> dict:
+  """N-way trained, K-way tested (Table 4): K ≠ N through a K-way softmax layer of fast
+  weights only; K = N reuses the N-way accuracies ``acc``."""
+  k_way = {}
+  for k in args.test_num_classes:
+    model = build_model(args, num_classes=k)
+    k_acc = acc if k == args.num_classes else make_evaluator(
+        model, images, args, num_classes=k)(params, args.eval_episodes,
+                                            jax.random.fold_in(eval_key, 100 + k), progress=progress)
+    k_mean, k_half = mean_ci95(k_acc)
+    k_way[k] = {"test_accuracy": k_mean, "test_ci95": k_half, "eval_episodes": int(len(k_acc)),
+                "fast_only_output": model.fast_only_output,
+                "paper_accuracy": PAPER_TABLE4.get(args.num_classes, {}).get(k)}
+  return k_way
+
+
+def make_results(args, config, state, history, acc, k_way, images, times) -> dict:
+  """results.json: the N-way test accuracy beside the paper's, the K-way tests, throughput."""
+  n, steps = args.num_classes, int(state.step)
+  mean, half = mean_ci95(acc)
+  label, row = paper_row(args)
+  return {
+      "num_classes": n, "num_support": NUM_SUPPORT, "num_query_per_class": args.num_query,
+      "ablate": args.ablate, "second_order": args.second_order,
+      "steps": steps, "episodes": steps * args.batch_size,
+      "test_accuracy": mean, "test_ci95": half, "eval_episodes": int(len(acc)),
+      "test_rotated": False,
+      "train_split": args.train_split, "train_characters": int(images[0].shape[0]),
+      "test_split": args.test_split, "test_characters": int(images[1].shape[0]),
+      "paper_row": label, "paper_accuracy": row[n],
+      "baselines": {k: v[n] for k, v in BASELINES.items() if n in v},
+      "k_way": {str(k): v for k, v in k_way.items()},
+      "episodes_per_hour": episodes_per_hour(history, times["curve"], args.batch_size),
+      "train_seconds_this_invocation": None if args.eval_only else times["train"],
+      "eval_seconds": times["test"],
+      "final_train": {k: history[-1][k] for k in ("loss", "accuracy") if history and k in history[-1]},
+      "config": config, "device": str(jax.devices()[0]), "date": time.strftime("%Y-%m-%d"),
+  }
 
 
 def comparison_table(n: int, mean: float, half: float, args) -> str:
@@ -216,151 +314,46 @@ def main(argv=None) -> dict:
   args.test_num_classes = sorted({k for ks in args.test_num_classes for k in ks})
   if args.eval_only and args.resume:
     parser.error("--eval-only and --resume are exclusive (--eval-only trains nothing)")
+  config = run_config(parser, args)
+  train_images, test_images = load_images(parser, args)
   os.makedirs(args.workdir, exist_ok=True)
-  config = {k: v for k, v in vars(args).items()
-            if k not in ("resume", "no_progress", "no_plots", "max_minutes", "steps", "data_dir",
-                         "eval_episodes", "eval_every", "curve_episodes", "checkpoint_every",
-                         "log_every", "test_num_classes", "eval_only")}
-  # Runs of the code before the fast weights became the meta learners' raw outputs (issue 12)
-  # lack this key: they neither resume nor evaluate under this code.
-  config["fast_weights"] = FAST_WEIGHTS
-  config_path = os.path.join(args.workdir, "config.json")
-  if args.eval_only:
-    # The run's configuration defines the model; flags given here must not contradict it.
-    if not os.path.exists(config_path):
-      parser.error(f"--eval-only: no {config_path}; train a run in --workdir first")
-    with open(config_path) as f:
-      old = json.load(f)
-    if old.get("fast_weights") != FAST_WEIGHTS:
-      parser.error(f"--eval-only: {config_path} is a run of the earlier MetaNet (fast weights "
-                   f"rescaled per layer); this code cannot evaluate it")
-    changed = sorted(k for k in config if k in old and config[k] != parser.get_default(k)
-                     and config[k] != old[k])
-    if changed:
-      parser.error(f"--eval-only with flags that differ from {config_path}: {changed}")
-    for k in config:
-      if k != "fast_weights":
-        setattr(args, k, old.get(k, parser.get_default(k)))
-    config = {k: FAST_WEIGHTS if k == "fast_weights" else getattr(args, k) for k in config}
-  elif args.resume and os.path.exists(config_path):
-    with open(config_path) as f:
-      old = json.load(f)
-    changed = sorted(k for k in config if old.get(k, parser.get_default(k)) != config[k])
-    if changed:
-      parser.error(f"--resume with a different configuration than {config_path}: {changed}")
   if not args.eval_only:
-    write_json(config_path, config)
-
-  try:
-    train_images = jnp.asarray(load(args.train_split, IMAGE_SIZE, data_dir=args.data_dir).images)
-    test_images = jnp.asarray(load(args.test_split, IMAGE_SIZE, data_dir=args.data_dir).images)
-  except (ValueError, FileNotFoundError) as e:
-    parser.error(str(e))
-  for split, imgs, ways in ((args.train_split, train_images, [args.num_classes]),
-                            (args.test_split, test_images, [args.num_classes, *args.test_num_classes])):
-    if imgs.shape[0] < max(ways) or imgs.shape[1] < NUM_SUPPORT + args.num_query:
-      parser.error(f"split {split!r} has {imgs.shape[0]} characters × {imgs.shape[1]} drawers: "
-                   f"too few for {max(ways)}-way 1-shot with {args.num_query} queries")
+    write_json(os.path.join(args.workdir, "config.json"), config)
 
   model = build_model(args)
-  sample_kw = dict(num_classes=args.num_classes, num_support=NUM_SUPPORT, num_query=args.num_query,
-                   rotate=True)  # training episodes: random 90° rotations as new classes
-  example = sample_few_shot(jax.random.key(0), train_images, batch_size=1, **sample_kw)
-  params = model.init(jax.random.key(args.seed), example.support[0], example.support_labels[0],
-                      example.query[0])
-
-  def loss_fn(p, key):
-    episodes = sample_few_shot(key, train_images, batch_size=args.batch_size, **sample_kw)
-    episodes = training.shard_batch(episodes) if hasattr(training, "shard_batch") else episodes
-    loss, acc, _ = episode_metrics(model, p, episodes)
-    return loss, {"accuracy": acc}
-
+  params = model.init(jax.random.key(args.seed), method=MetaNet.init_params)
+  loss_fn = episode_loss(model, train_images, batch_size=args.batch_size,
+                         num_classes=args.num_classes, num_query=args.num_query,
+                         rotate=True, sampler=sample_few_shot)  # rotations: new classes
   evaluate = make_evaluator(model, test_images, args)
-  eval_key = jax.random.key(EVAL_KEY)
-  eval_seconds = [0.0]
+  eval_key = jax.random.key(evaluation.EVAL_KEY)
+  times = {"curve": 0.0}
 
   def eval_fn(p, step):
     t = time.perf_counter()
     mean, half = mean_ci95(evaluate(p, args.curve_episodes, jax.random.fold_in(eval_key, 1)))
-    eval_seconds[0] += time.perf_counter() - t
+    times["curve"] += time.perf_counter() - t
     return {"test_accuracy": mean, "test_ci95": half}
 
-  optimizer = training.make_optimizer("adam", args.lr, clip=args.clip)
   t0 = time.perf_counter()
-  if args.eval_only:
-    try:
-      state = training.load_checkpoint(args.workdir, training.init_state(params, optimizer))
-    except FileNotFoundError as e:
-      parser.error(f"--eval-only: {e}")
-    history = []
-  else:
-    state, history = training.fit(
-        loss_fn, params, optimizer, num_steps=args.steps, seed=args.seed, workdir=args.workdir,
-        checkpoint_every=args.checkpoint_every, resume=args.resume, log_every=args.log_every,
-        progress=not args.no_progress, eval_every=args.eval_every,
-        eval_fn=eval_fn if args.eval_every else None, max_seconds=args.max_minutes * 60)
-  train_seconds = time.perf_counter() - t0 - eval_seconds[0]
-  steps = int(state.step)
-
-  # Throughput: between the first and last metric lines of this invocation (no compile time),
-  # minus the learning-curve evaluations in between.
-  episodes_per_hour = None
-  if len(history) >= 2:
-    first, last = history[0], history[-1]
-    curve = sum(1 for r in history[1:] if "test_accuracy" in r)
-    per_curve = eval_seconds[0] / max(1, sum(1 for r in history if "test_accuracy" in r))
-    dt = last["wall_time"] - first["wall_time"] - curve * per_curve
-    if dt > 0:
-      episodes_per_hour = (last["step"] - first["step"]) * args.batch_size / dt * 3600
+  state, history = train(parser, args, loss_fn, params, eval_fn)
+  times["train"] = time.perf_counter() - t0 - times["curve"]
 
   t = time.perf_counter()
   acc = evaluate(state.params, args.eval_episodes, jax.random.fold_in(eval_key, 2),
                  progress=not args.no_progress)
-  test_seconds = time.perf_counter() - t
-  mean, half = mean_ci95(acc)
-
-  # N-way trained, K-way tested (Table 4): K != N through a K-way softmax layer of fast weights.
-  k_way = {}
-  for k in args.test_num_classes:
-    if k == args.num_classes:
-      k_acc = acc
-    else:
-      k_eval = make_evaluator(build_model(args, num_classes=k), test_images, args, num_classes=k)
-      k_acc = k_eval(state.params, args.eval_episodes, jax.random.fold_in(eval_key, 100 + k),
-                     progress=not args.no_progress)
-    k_mean, k_half = mean_ci95(k_acc)
-    k_way[k] = {"test_accuracy": k_mean, "test_ci95": k_half, "eval_episodes": int(len(k_acc)),
-                "fast_only_output": build_model(args, num_classes=k).fast_only_output,
-                "paper_accuracy": PAPER_TABLE4.get(args.num_classes, {}).get(k)}
-
-  n = args.num_classes
-  label, row = paper_row(args)
-  results = {
-      "num_classes": n, "num_support": NUM_SUPPORT, "num_query_per_class": args.num_query,
-      "ablate": args.ablate, "second_order": args.second_order,
-      "steps": steps, "episodes": steps * args.batch_size,
-      "test_accuracy": mean, "test_ci95": half, "eval_episodes": int(len(acc)),
-      "test_rotated": False,
-      "train_split": args.train_split, "train_characters": int(train_images.shape[0]),
-      "test_split": args.test_split, "test_characters": int(test_images.shape[0]),
-      "paper_row": label, "paper_accuracy": row[n],
-      "baselines": {k: v[n] for k, v in BASELINES.items() if n in v},
-      "k_way": {str(k): v for k, v in k_way.items()},
-      "episodes_per_hour": episodes_per_hour,
-      "train_seconds_this_invocation": None if args.eval_only else train_seconds,
-      "eval_seconds": test_seconds,
-      "final_train": {k: history[-1][k] for k in ("loss", "accuracy") if history and k in history[-1]},
-      "config": config, "device": str(jax.devices()[0]), "date": time.strftime("%Y-%m-%d"),
-  }
+  times["test"] = time.perf_counter() - t
+  k_way = k_way_tests(args, state.params, test_images, acc, eval_key, not args.no_progress)
+  results = make_results(args, config, state, history, acc, k_way, (train_images, test_images), times)
   write_json(os.path.join(args.workdir, "results_eval.json" if args.eval_only else "results.json"),
              results)
   if not args.no_plots and not args.eval_only:
     plot(args)
-  print(comparison_table(n, mean, half, args))
+  print(comparison_table(args.num_classes, results["test_accuracy"], results["test_ci95"], args))
   if k_way:
     print(k_way_table(k_way, args))
-  print(f"{steps} updates ({steps * args.batch_size} episodes); "
-        f"{episodes_per_hour and round(episodes_per_hour)} episodes/hour")
+  print(f"{results['steps']} updates ({results['episodes']} episodes); "
+        f"{results['episodes_per_hour'] and round(results['episodes_per_hour'])} episodes/hour")
   return results
 
 

@@ -43,12 +43,12 @@ def test_hlo_work_multiplies_loop_bodies_by_their_trip_count():
 
 
 def test_im2col_features_equal_conv_features():
-  from memjax import metanet
-  shapes = metanet.net_shapes((8, 8, 1), 4, 2, 8, 3)
-  params = metanet.init_conv_net(jax.random.key(0), shapes)
+  from memjax.metanet import layers
+  shapes = layers.net_shapes((8, 8, 1), 4, 2, 8, 3)
+  params = layers.init_conv_net(jax.random.key(0), shapes)
   x = jax.random.uniform(jax.random.key(1), (8, 8, 1))
   np.testing.assert_allclose(metanet_step._im2col_features(params, x),
-                             metanet.conv_features(params, None, x), rtol=1e-5, atol=1e-6)
+                             layers.conv_features(params, None, x), rtol=1e-5, atol=1e-6)
 
 
 def test_bad_variant_exits_2(tmp_path):

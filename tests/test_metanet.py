@@ -13,8 +13,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from memjax import metanet, training
-from memjax.metanet import MetaNet, MixedWeights
+from memjax import training
+from memjax.metanet import MetaNet, layers, memory, meta_learners
+from memjax.metanet.layers import MixedWeights
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = dict(num_classes=3, image_shape=(8, 8, 1), filters=4, num_blocks=2, hidden=8)
@@ -60,8 +61,8 @@ def test_preprocess_gradients_matches_definition():
   g = np.array([0.5, -2.0, 1e-2, -1e-4, 1e-3, 0.0, np.exp(-k)], np.float32)
   want = np.stack([np.where(np.abs(g) >= np.exp(-k), np.log(np.maximum(np.abs(g), 1e-30)) / k, -1.0),
                    np.where(np.abs(g) >= np.exp(-k), np.sign(g), np.exp(k) * g)], -1)
-  np.testing.assert_allclose(metanet.preprocess_gradients(jnp.asarray(g)), want, rtol=1e-5, atol=1e-6)
-  d = jax.grad(lambda x: jnp.sum(metanet.preprocess_gradients(x)))(jnp.asarray(g))
+  np.testing.assert_allclose(meta_learners.preprocess_gradients(jnp.asarray(g)), want, rtol=1e-5, atol=1e-6)
+  d = jax.grad(lambda x: jnp.sum(meta_learners.preprocess_gradients(x)))(jnp.asarray(g))
   assert np.all(np.isfinite(d))  # finite at 0 and at the branch point: second order is safe
 
 
@@ -72,13 +73,13 @@ def _np_sigmoid(z):
 def test_coordinate_wise_meta_learners_match_numpy():
   """m (MLP 2→20→20→1) and d (LSTM, 20 units) applied to every coordinate on its own."""
   g = np.random.default_rng(0).normal(size=(4, 7, 2)).astype(np.float32)  # [T, P, 2]
-  mlp = jax.tree.map(np.float64, metanet.init_mlp(jax.random.key(1)))
+  mlp = jax.tree.map(np.float64, meta_learners.init_mlp(jax.random.key(1)))
   h = np.maximum(g[0] @ mlp["w0"] + mlp["b0"], 0)
   h = np.maximum(h @ mlp["w1"] + mlp["b1"], 0)
-  np.testing.assert_allclose(metanet.mlp_apply(metanet.init_mlp(jax.random.key(1)), g[0]),
+  np.testing.assert_allclose(meta_learners.mlp_apply(meta_learners.init_mlp(jax.random.key(1)), g[0]),
                              (h @ mlp["w2"] + mlp["b2"])[:, 0], rtol=1e-5, atol=1e-6)
 
-  lstm = jax.tree.map(np.float64, metanet.init_lstm(jax.random.key(2)))
+  lstm = jax.tree.map(np.float64, meta_learners.init_lstm(jax.random.key(2)))
   hid = lstm["wh"].shape[0]
   h = c = np.zeros((7, hid))
   for x in g:  # the equations of lstm_apply's docstring, one step at a time
@@ -86,7 +87,7 @@ def test_coordinate_wise_meta_learners_match_numpy():
     i, f, gg, o = (z[:, k * hid:(k + 1) * hid] for k in range(4))
     c = _np_sigmoid(f) * c + _np_sigmoid(i) * np.tanh(gg)
     h = _np_sigmoid(o) * np.tanh(c)
-  np.testing.assert_allclose(metanet.lstm_apply(metanet.init_lstm(jax.random.key(2)), g),
+  np.testing.assert_allclose(meta_learners.lstm_apply(meta_learners.init_lstm(jax.random.key(2)), g),
                              (h @ lstm["w_out"] + lstm["b_out"])[:, 0], rtol=1e-5, atol=1e-6)
 
 
@@ -97,16 +98,16 @@ def test_mixed_weights_conv_equals_materialised_kernel(s, kernel):
   values = jax.random.normal(k2, (s, *kernel, 3, 4))
   a = jax.nn.softmax(jax.random.normal(k3, (s,)))
   mixed = MixedWeights(values, a)
-  np.testing.assert_allclose(metanet._conv_any(x, mixed), metanet._conv(x, mixed.mix()),
+  np.testing.assert_allclose(layers._conv_any(x, mixed), layers._conv(x, mixed.mix()),
                              rtol=1e-4, atol=1e-5)
 
 
 def test_zero_fast_weights_reproduce_slow_network(tiny):
   model, params, (sx, sy, qx), forward = tiny
   base = params["params"]["base"]
-  slow = jax.vmap(lambda x: metanet.net_logits(base, None, x))(qx)
+  slow = jax.vmap(lambda x: layers.net_logits(base, None, x))(qx)
   zeros = jax.tree.map(jnp.zeros_like, base)
-  np.testing.assert_allclose(jax.vmap(lambda x: metanet.net_logits(base, zeros, x))(qx), slow,
+  np.testing.assert_allclose(jax.vmap(lambda x: layers.net_logits(base, zeros, x))(qx), slow,
                              rtol=1e-6, atol=1e-6)
   # Disabling both fast paths gives the slow base learner, from the same base weights.
   slow_model = MetaNet(**TINY, use_task_fast_weights=False, use_example_fast_weights=False)
@@ -125,7 +126,7 @@ def test_zero_fast_weights_reproduce_slow_network(tiny):
 def test_retrieve_constructed_case():
   keys = jnp.array([[1.0, 0, 0], [0, 1.0, 0], [0, 0, 1.0], [-1.0, 0, 0]])
   values = {"w": jnp.arange(4.0)[:, None] * jnp.ones((4, 2))}
-  a, out = metanet.retrieve(keys, values, jnp.array([0.1, 0.2, 3.0]))
+  a, out = memory.retrieve(keys, values, jnp.array([0.1, 0.2, 3.0]))
   assert int(jnp.argmax(a)) == 2
   np.testing.assert_allclose(a.sum(), 1.0, rtol=1e-6)
   np.testing.assert_allclose(out["w"], jnp.full((2,), jnp.dot(a, jnp.arange(4.0))), rtol=1e-6)
@@ -140,8 +141,8 @@ def test_per_example_meta_information_equals_python_loop(tiny):
   model, params, (sx, sy, qx), forward = tiny
   p = params["params"]
   got = jax.jit(lambda p: model.apply(p, sx, sy, method=MetaNet.example_fast_weights))(params)
-  grad = jax.jit(jax.grad(lambda w, x, y: _ce(metanet.net_logits(w, None, x), y)))
-  meta = jax.jit(lambda z, g: metanet.mlp_apply(z, metanet.preprocess_gradients(g)))
+  grad = jax.jit(jax.grad(lambda w, x, y: _ce(layers.net_logits(w, None, x), y)))
+  meta = jax.jit(lambda z, g: meta_learners.mlp_apply(z, meta_learners.preprocess_gradients(g)))
   for i in range(sx.shape[0]):  # one example at a time
     g = grad(p["base"], sx[i], sy[i])
     for group, names in (("conv", ["conv0", "conv1"]), ("fc", ["fc1", "fc2"])):
@@ -159,7 +160,7 @@ def test_task_meta_information_equals_python_loop(tiny):
   s = sx.shape[0]
 
   def pair_loss(q, x1, x2, same):
-    r1, r2 = metanet.embed(q, None, x1), metanet.embed(q, None, x2)
+    r1, r2 = layers.embed(q, None, x1), layers.embed(q, None, x2)
     cos = jnp.dot(r1, r2) / jnp.sqrt((jnp.sum(r1 ** 2) + 1e-8) * (jnp.sum(r2 ** 2) + 1e-8))
     logit = model.contrastive_scale * cos
     return jax.nn.softplus(-logit) if same else jax.nn.softplus(logit)
@@ -173,7 +174,7 @@ def test_task_meta_information_equals_python_loop(tiny):
     flat = jnp.stack([jax.flatten_util.ravel_pytree({n: g[n] for n in names})[0]
                       for g in chunk_grads])
     _, unravel = jax.flatten_util.ravel_pytree({n: p["embedding"][n] for n in names})
-    out = unravel(metanet.lstm_apply(p["meta_task"][group], metanet.preprocess_gradients(flat)))
+    out = unravel(meta_learners.lstm_apply(p["meta_task"][group], meta_learners.preprocess_gradients(flat)))
     for n in names:  # raw outputs of d
       np.testing.assert_allclose(got[n], out[n], rtol=1e-3, atol=1e-7)
 
@@ -194,13 +195,13 @@ def test_one_shot_default_representation_loss_is_cross_entropy():
   got = jax.jit(lambda p: model.apply(p, sx, sy, method=MetaNet.task_fast_weights))(params)
 
   def ce(q, x, y):
-    return _ce(jax.nn.relu(metanet.embed(q, None, x)) @ q["fc2"], y)
+    return _ce(jax.nn.relu(layers.embed(q, None, x)) @ q["fc2"], y)
 
   grads = [jax.grad(ce)(p["embedding"], sx[i], sy[i]) for i in range(3)]  # one chunk each
   for group, names in (("conv", ["conv0", "conv1"]), ("fc", ["fc1"])):
     flat = jnp.stack([jax.flatten_util.ravel_pytree({n: g[n] for n in names})[0] for g in grads])
     _, unravel = jax.flatten_util.ravel_pytree({n: p["embedding"][n] for n in names})
-    out = unravel(metanet.lstm_apply(p["meta_task"][group], metanet.preprocess_gradients(flat)))
+    out = unravel(meta_learners.lstm_apply(p["meta_task"][group], meta_learners.preprocess_gradients(flat)))
     for n in names:
       np.testing.assert_allclose(got[n], out[n], rtol=1e-3, atol=1e-7)
   # ... and not the contrastive pair loss's.
@@ -332,13 +333,13 @@ def test_fast_only_output_meta_information():
   assert got["fc2"].shape == (4, TINY["hidden"], k)
 
   def hidden(w, x):
-    return jax.nn.relu(metanet.conv_features(w, None, x) @ w["fc1"])
+    return jax.nn.relu(layers.conv_features(w, None, x) @ w["fc1"])
 
   h = np.stack([hidden(p["base"], x) for x in sx])  # [S, D]
   t = np.eye(k)[np.asarray(sy)] - 1.0 / k
   v = h.T @ t
-  np.testing.assert_allclose(v, metanet._imprinted_head(jnp.asarray(h), sy, k), rtol=1e-5, atol=1e-6)
-  meta = jax.jit(lambda z, g: metanet.mlp_apply(z, metanet.preprocess_gradients(g)))
+  np.testing.assert_allclose(v, meta_learners._imprinted_head(jnp.asarray(h), sy, k), rtol=1e-5, atol=1e-6)
+  meta = jax.jit(lambda z, g: meta_learners.mlp_apply(z, meta_learners.preprocess_gradients(g)))
   for i in range(4):
     g = jax.grad(lambda w: _ce(hidden(w, sx[i]) @ v, sy[i]))(p["base"])
     g["fc2"] = -np.outer(h[i], t[i])
@@ -549,6 +550,25 @@ def test_experiment_eval_only_needs_a_run(tmp_path, capsys):
   with pytest.raises(SystemExit) as e:  # a run of the earlier, rescaled fast weights
     experiment().main(["--workdir", str(tmp_path), "--eval-only"])
   assert e.value.code == 2 and "earlier MetaNet" in capsys.readouterr().err
+
+
+def test_experiment_resume_and_eval_only_accept_the_workdir_relative_or_absolute(tmp_path, monkeypatch):
+  module = experiment()
+  parser = module.build_parser()
+  monkeypatch.chdir(tmp_path)
+  (tmp_path / "run").mkdir()
+  config = module.run_config(parser, parser.parse_args(["--workdir", "run", "--filters", "8"]))
+  (tmp_path / "run" / "config.json").write_text(json.dumps(config))
+  absolute = str(tmp_path / "run")
+  resumed = module.run_config(parser, parser.parse_args(["--workdir", absolute, "--resume",
+                                                         "--filters", "8"]))
+  assert resumed == {**config, "workdir": absolute}
+  args = parser.parse_args(["--workdir", absolute, "--eval-only"])
+  assert module.run_config(parser, args) == {**config, "workdir": absolute}
+  assert args.filters == 8 and args.workdir == absolute  # the run's flags, the directory as given
+  with pytest.raises(SystemExit) as e:  # another configuration is still refused
+    module.run_config(parser, parser.parse_args(["--workdir", absolute, "--resume"]))
+  assert e.value.code == 2
 
 
 @pytest.mark.parametrize("flags", [["--num-classes", "7"], ["--batch-size", "0"],

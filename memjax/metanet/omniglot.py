@@ -1,0 +1,108 @@
+"""MetaNet on Omniglot N-way 1-shot episodes (Munkhdalai & Yu 2017, §4.1): the
+model of a run's configuration and the training loss.
+
+These are the library pieces of ``experiments/omniglot_metanet.py``, shared by
+the scripts that read its run directories (``experiments/metanet_attention.py``,
+``memjax.pretrained.export``).
+
+Example::
+
+  model = build_model({"num_classes": 5, "ablate": "no_task"})
+  params = model.init(jax.random.key(0), method=MetaNet.init_params)
+  loss_fn = episode_loss(model, train_images, batch_size=1, num_classes=5, num_query=10)
+  state, history = training.fit(loss_fn, params, optimizer, num_steps=1000)
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping
+
+import jax
+
+from memjax.metanet.module import MetaNet
+
+IMAGE_SIZE = 28  # the paper's 28×28 Omniglot images
+NUM_SUPPORT = 1  # one-shot: support examples per class
+ABLATIONS = {  # ablate -> (use_task_fast_weights, use_example_fast_weights)
+    "none": (True, True),
+    "slow_only": (False, False),
+    "no_task": (False, True),
+    "no_example": (True, False),
+}
+# config.json marker of a run whose fast weights are the meta learners' raw
+# outputs; runs of the earlier per-layer-rescaled fast weights lack it.
+FAST_WEIGHTS = "raw"
+# Configuration keys passed to MetaNet unchanged (absent: the module's default).
+_MODEL_KEYS = ("filters", "num_blocks", "hidden", "fast_layers", "embedding_loss", "second_order")
+
+
+def _get(config, key: str, default: Any = None) -> Any:
+  if isinstance(config, Mapping):
+    return config.get(key, default)
+  return getattr(config, key, default)
+
+
+def build_model(config, num_classes: int | None = None) -> MetaNet:
+  """The MetaNet of a run configuration.
+
+  With ``num_classes`` K ≠ N the same model with a K-way softmax layer of fast
+  weights only (``fast_only_output=True``), to apply the N-way-trained
+  variables to K-way episodes (§4.2.1, Table 4).
+
+  Args:
+    config: a mapping or namespace (a run's ``config.json`` or parsed flags)
+      with ``num_classes`` (N) and optionally ``ablate`` (a key of
+      :data:`ABLATIONS`), ``fast_only_output`` and the MetaNet attributes
+      ``filters``, ``num_blocks``, ``hidden``, ``fast_layers``,
+      ``embedding_loss``, ``second_order``; absent ones take MetaNet's defaults.
+    num_classes: K, classes of the test episodes (default N).
+
+  Returns:
+    A :class:`MetaNet` for (IMAGE_SIZE, IMAGE_SIZE, 1) images.
+  """
+  trained = _get(config, "num_classes")
+  k = trained if num_classes is None else num_classes
+  use_task, use_example = ABLATIONS[_get(config, "ablate", "none")]
+  kw = {key: _get(config, key) for key in _MODEL_KEYS if _get(config, key) is not None}
+  return MetaNet(num_classes=k, image_shape=(IMAGE_SIZE, IMAGE_SIZE, 1),
+                 use_task_fast_weights=use_task, use_example_fast_weights=use_example,
+                 fast_only_output=bool(_get(config, "fast_only_output", False)) or k != trained,
+                 **kw)
+
+
+def episode_loss(model: MetaNet, images: jax.Array, *, batch_size: int, num_classes: int,
+                 num_query: int, num_support: int = NUM_SUPPORT, rotate: bool = True,
+                 sampler: Callable | None = None) -> Callable:
+  """``loss_fn(params, key) -> (loss, {"accuracy": acc})`` for :func:`memjax.training.fit`.
+
+  Each call samples ``batch_size`` episodes from ``key`` and returns the mean
+  query cross-entropy and accuracy:
+
+    L = −1/(B·Q) Σ_episodes Σ_queries log softmax(b(W, W*_q, x_q))[y_q].
+
+  Args:
+    model: the MetaNet for ``num_classes``-way episodes.
+    images: float [C, K, H, W] characters × drawers.
+    batch_size: B, episodes per loss.
+    num_classes: N-way.
+    num_query: queries per class.
+    num_support: support examples per class (1-shot).
+    rotate: rotate each class by a random multiple of 90° (new classes, as
+      the paper's training episodes).
+    sampler: the episode sampler, :func:`memjax.data.sample_few_shot` by default.
+  """
+  from memjax import evaluation, training
+
+  if sampler is None:
+    from memjax.data import sample_few_shot as sampler
+  sample_kw = dict(batch_size=batch_size, num_classes=num_classes, num_support=num_support,
+                   num_query=num_query, rotate=rotate)
+
+  def loss_fn(params, key):
+    episodes = sampler(key, images, **sample_kw)
+    if hasattr(training, "shard_batch"):
+      episodes = training.shard_batch(episodes)
+    loss, acc, _ = evaluation.episode_metrics(model, params, episodes)
+    return loss, {"accuracy": acc}
+
+  return loss_fn
