@@ -31,11 +31,12 @@ One forward pass (the paper's Algorithm 1, one-shot supervised learning)::
   loss = Σ_queries L_task(logits, y)
 
 Gradients are fed to d and m preprocessed as in Andrychowicz et al. (2016),
-k = 7 (:func:`memjax.metanet.meta_learners.preprocess_gradients`), coordinate-wise: every parameter is
-one "example" of the small meta nets, with weights shared across coordinates
-(one net for the conv kernels and one for the FC matrices, as in the authors'
-code). Per-example gradients are ``jax.vmap(jax.grad(loss))`` over the
-support set — no Python loop over examples.
+k = 7 (:func:`memjax.metanet.meta_learners.preprocess_gradients`),
+coordinate-wise: every parameter is one "example" of the small meta nets,
+with weights shared across coordinates (one net for the conv kernels and one
+for the FC matrices, as in the authors' code). Per-example gradients are
+``jax.vmap(jax.grad(loss))`` over the support set — no Python loop over
+examples.
 
 Layer augmentation (§3.3): every layer outputs ReLU(slow branch) + ReLU(fast
 branch); the logits layer outputs slow + fast, and so does the embedding's
@@ -95,8 +96,8 @@ ReLU and 2×2 max-pooling, then FC 64 and FC N, no biases — with fast weights 
   takes ~5–6 s with ``'all'`` and ~1.2 s with ``'fc'``; with ``'all'`` about
   40% of it is d, the LSTM over the embedding net's 148k conv coordinates.
 * A query's retrieved conv fast weights are never materialised per query
-  (:class:`memjax.metanet.layers.MixedWeights`): XLA turns per-example kernels into grouped
-  convolutions, whose gradient is ~20× slower on CPU.
+  (:class:`memjax.metanet.layers.MixedWeights`): XLA turns per-example
+  kernels into grouped convolutions, whose gradient is ~20× slower on CPU.
 * With ``use_example_fast_weights=False`` the base learner has no route to the
   support set, and its output is the slow network's: the embedding net (and
   its task-level fast weights) then does not affect the logits.
