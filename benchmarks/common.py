@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import platform
 import statistics
@@ -163,6 +164,45 @@ def alternate(steps: dict, *, rounds: int, run_s: float) -> dict:
   return {name: statistics.median(t) for name, t in times.items()}
 
 
+def compare_variants(build: Callable[[str], tuple], variants: Sequence[str], *, rounds: int,
+                     run_s: float) -> dict[str, dict]:
+  """Builds each variant and times them in alternating runs (:func:`alternate`).
+
+  Args:
+    build: variant -> ``(step, state, compile_s, first_loss)``.
+    variants: names, the baseline first.
+    rounds, run_s: as for :func:`alternate`.
+
+  Returns:
+    variant -> ``{"step_s", "speed", "compile_s", "first_loss"}``: median seconds
+    per step, the baseline's step time over the variant's, compile seconds, the
+    first step's loss.
+  """
+  built = {v: build(v) for v in variants}
+  times = alternate({v: b[:2] for v, b in built.items()}, rounds=rounds, run_s=run_s)
+  base = times[variants[0]]
+  return {v: {"step_s": times[v], "speed": base / times[v], "compile_s": built[v][2],
+              "first_loss": built[v][3]} for v in variants}
+
+
+def write_variants_report(out: str, name: str, title: str, headers: Sequence[str],
+                          cells: Sequence[Sequence[Any]], rows: list[dict]) -> str:
+  """Writes ``NAME.md`` (the environment and a table of variants) and ``NAME.json`` to ``out``.
+
+  The table's ``first loss`` column is the loss of each variant's first step (the
+  same batch for every variant). Prints the markdown and returns it.
+  """
+  env = environment()
+  text = (f"# {title}\n\n" + environment_markdown(env)
+          + "\n\nMedians of alternating runs; `first loss` is the loss of the first step (the same batch for "
+          "every variant).\n\n" + markdown_table(headers, cells) + "\n")
+  ensure_dir(out)
+  write_text(os.path.join(out, f"{name}.md"), text)
+  write_json(os.path.join(out, f"{name}.json"), {"env": env, "rows": rows})
+  print(text)
+  return text
+
+
 def cost_flops(executable) -> float | None:
   """XLA's FLOP count of a compiled executable (loop bodies counted once), or None."""
   try:
@@ -174,6 +214,187 @@ def cost_flops(executable) -> float | None:
   if not cost or "flops" not in cost:
     return None
   return float(cost["flops"])
+
+
+# --------------------------------------------------------------------------- memjax vs a PyTorch reference
+
+
+@dataclasses.dataclass
+class TrainStep:
+  """A compiled memjax train step ``executable(state) -> (state, loss, metrics, finite)`` and its state."""
+  executable: Any
+  state: Any
+  compiled: Compiled
+  compile_cpu_s: float  # process CPU seconds of the compile
+  num_params: int
+
+  def run(self, steps: int) -> float:
+    """Runs ``steps`` train steps, blocking on each step's loss; returns seconds."""
+    import jax
+    t0 = time.perf_counter()
+    state = self.state
+    for _ in range(steps):
+      state, loss, _, _ = self.executable(state)
+      jax.block_until_ready(loss)
+    self.state = state
+    return time.perf_counter() - t0
+
+
+def compile_train_step(loss_fn: Callable, params, optimizer, seed: int = 0) -> TrainStep:
+  """:func:`memjax.training.make_step` of ``loss_fn`` with ``optimizer``, compiled (timed apart).
+
+  Args:
+    loss_fn: ``(params, key) -> (loss, metrics)``.
+    params: the initial parameters.
+    optimizer: an optax transformation.
+    seed: the step's key is ``jax.random.key(seed + 1)``.
+  """
+  import jax
+  from memjax import training
+  state = training.init_state(params, optimizer)
+  step = training.make_step(loss_fn, optimizer, jax.random.key(seed + 1))
+  cpu0 = time.process_time()
+  compiled = compile_fn(step, state)
+  cpu = time.process_time() - cpu0
+  num_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))
+  return TrainStep(compiled.executable, state, compiled, cpu, num_params)
+
+
+class TorchReference:
+  """A PyTorch reference trainer (``trainer.step()`` trains one step) and its parameter count."""
+
+  def __init__(self, trainer, num_params: int):
+    self.torch = optional_torch()
+    self.trainer = trainer
+    self.num_params = num_params
+
+  def run(self, steps: int, threads: int) -> float:
+    """Seconds for ``steps`` steps on ``threads`` threads."""
+    self.torch.set_num_threads(threads)
+    t0 = time.perf_counter()
+    for _ in range(steps):
+      self.trainer.step()
+    return time.perf_counter() - t0
+
+
+def _steps_for(seconds_per_step: float, target_s: float) -> int:
+  return max(1, int(math.ceil(target_s / max(seconds_per_step, 1e-9))))
+
+
+def median_step_s(js: TrainStep, target_s: float, rounds: int) -> float:
+  """Median seconds per memjax train step: a warm-up and a sizing step, then ``rounds`` runs of ~target_s."""
+  js.run(1)
+  n = _steps_for(js.run(1), target_s)
+  return statistics.median(js.run(n) / n for _ in range(rounds))
+
+
+def compare_with_reference(js: TrainStep, reference: Callable[[], TorchReference], torch_threads: list[int], *,
+                           rounds: int, target_run_s: float, per_step: int, label: str, unit: str,
+                           unit_key: str, result: dict) -> dict:
+  """Rates of a compiled memjax train step and of its PyTorch reference, in alternating timed runs.
+
+  After a warm-up step of memjax, one sizing step per side (and thread count;
+  torch also gets a warm-up step) is excluded; each of ``rounds`` rounds then
+  times ``ceil(target_run_s / step)`` steps of memjax, then of torch at each
+  thread count. Rates are ``per_step`` items (sequences, episodes) per second;
+  medians over rounds, and the ratio against the fastest torch thread count.
+
+  Args:
+    js: the memjax step.
+    reference: builds the torch reference (called only when ``torch_threads``).
+    torch_threads: thread counts for torch; empty: memjax only.
+    label, unit: for the log lines (``"[mann]"``, ``"episodes/s"``).
+    unit_key: the result's rate keys are ``memjax_{unit_key}``, ``torch_{unit_key}``, ...
+    result: the dict the figures are added to (and returned).
+  """
+  log(f"{label} compiled in {js.compiled.total_s:.1f} s (lower {js.compiled.lower_s:.1f} s, "
+      f"compile {js.compiled.compile_s:.1f} s, cpu {js.compile_cpu_s:.1f} s)")
+  js.run(1)  # warm-up
+  tr = reference() if torch_threads else None
+  jax_steps = _steps_for(js.run(1), target_run_s)
+  torch_steps = {}
+  for th in torch_threads if tr is not None else ():
+    tr.run(1, th)  # warm-up
+    torch_steps[th] = _steps_for(tr.run(1, th), target_run_s)
+  jax_rates, torch_rates = [], {th: [] for th in torch_steps}
+  for r in range(rounds):
+    jax_rates.append(per_step * jax_steps / js.run(jax_steps))
+    for th, n in torch_steps.items():
+      torch_rates[th].append(per_step * n / tr.run(n, th))
+    log(f"{label} round {r + 1}/{rounds}: memjax {jax_rates[-1]:.3g} {unit}"
+        + "".join(f", torch({th} thr) {torch_rates[th][-1]:.3g} {unit}" for th in torch_rates))
+
+  jax_median = statistics.median(jax_rates)
+  result.update({
+      f"memjax_{unit_key}": jax_median, "memjax_runs": jax_rates,
+      "memjax_steps_per_run": jax_steps, "memjax_step_s": per_step / jax_median,
+      "compile_s": js.compiled.total_s, "lower_s": js.compiled.lower_s, "xla_compile_s": js.compiled.compile_s,
+      "compile_cpu_s": js.compile_cpu_s, "num_params_memjax": js.num_params,
+  })
+  if tr is not None and torch_rates:
+    meds = {th: statistics.median(v) for th, v in torch_rates.items()}
+    best = max(meds, key=meds.get)
+    result.update({
+        f"torch_{unit_key}_by_threads": meds, "torch_runs": torch_rates,
+        "torch_steps_per_run": torch_steps, "torch_best_threads": best,
+        f"torch_{unit_key}": meds[best], "ratio": jax_median / meds[best],
+        "ratio_by_threads": {th: jax_median / v for th, v in meds.items()},
+        "num_params_torch": tr.num_params,
+    })
+  return result
+
+
+def targets_table(rows: Sequence[Sequence[Any]]) -> str:
+  """The "target, measured, required, met" table of a report."""
+  return markdown_table(["target", "measured", "required", "met"], rows, ["l", "r", "r", "l"])
+
+
+def met(ok: bool) -> str:
+  return "yes" if ok else "**no**"
+
+
+def comparison_line(name: str, desc: str, m: dict, target: str, section: str) -> str:
+  """One line for a report's "Other models" list: memjax episodes/s, compile, and the torch ratio."""
+  line = f"{name}: {desc}: memjax {m['memjax_episodes_s']:.3g} episodes/s, compile {m['compile_s']:.1f} s"
+  if "ratio" in m:
+    line += (f"; PyTorch reference {m['torch_episodes_s']:.3g} episodes/s ({m['torch_best_threads']} thr): "
+             f"**{m['ratio']:.1f}×** (target {target})")
+  else:
+    line += "; PyTorch reference skipped"
+  return line + f" (see the {section} section)."
+
+
+def comparison_section(title: str, intro: str, m: dict, headers: list, row: list,
+                       target: list | None) -> str:
+  """A report's section on one model against its PyTorch reference.
+
+  Args:
+    title: the section's heading.
+    intro: what is compared (the parameter counts and rounds are appended).
+    m: the model's result (:func:`compare_with_reference`, rates in episodes/s).
+    headers, row: the memjax columns of the table (the torch columns and the
+      ratios are appended when measured).
+    target: the ``targets_table`` row of the speed-up (used when measured).
+  """
+  intro += f" memjax params {m['num_params_memjax']:,}"
+  if "num_params_torch" in m:
+    intro += f", torch params {m['num_params_torch']:,} (nn.LSTMCell has two bias vectors)"
+  lines = [f"## {title}", "", intro + f". Medians over {m['rounds']} alternating rounds (warm-up excluded).", ""]
+  if "ratio" in m:
+    ths = sorted(m["torch_episodes_s_by_threads"])
+    headers = headers + [f"torch episodes/s ({t} thr)" for t in ths] \
+        + [f"memjax / torch ({t} thr)" for t in ths] + ["memjax / best torch"]
+    row = row + [m["torch_episodes_s_by_threads"][t] for t in ths] \
+        + [f"{m['ratio_by_threads'][t]:.1f}×" for t in ths] + [f"**{m['ratio']:.1f}×**"]
+  lines += [markdown_table(headers, [row]), ""]
+  if "ratio" not in m:
+    lines += ["PyTorch is not installed (`pip install -e .[bench]`) or was disabled: the reference was skipped.", ""]
+  lines += [f"Compile (memjax train step, timed apart): {m['compile_s']:.1f} s (trace+lower "
+            f"{m['lower_s']:.1f} s, XLA compile {m['xla_compile_s']:.1f} s, process CPU "
+            f"{m['compile_cpu_s']:.1f} s).", ""]
+  if "ratio" in m:
+    lines += [targets_table([target]), ""]
+  return "\n".join(lines)
 
 
 # --------------------------------------------------------------------------- machine peaks

@@ -23,7 +23,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 
-from benchmarks import common
+from benchmarks import common, throughput_mann
+from memjax.cli import int_list
 
 VARIANTS = ("previous", "unroll", "custom_vjp", "current")
 
@@ -43,55 +44,28 @@ def _autodiff_lrua(enabled: bool):
 
 def build(variant: str, batch: int, *, seq_len: int = 50, classes: int = 5, image_size: int = 20,
           quick: bool = False, seed: int = 0):
-  """Compiled Adam step of one variant: ``(step(state) -> (state, loss), state, compile_s, first_loss)``."""
-  import flax.linen as nn
-  import jax
-  import optax
-
-  from memjax import mann, training
-  kw = dict(memory_size=16, word_size=8, num_read_heads=2, controller_features=16) if quick else {}
-  cell = mann.MANNCell(features=classes, **kw)
-  model = nn.RNN(cell)
-  width = image_size * image_size + classes
-
-  def episodes(key):
-    kx, ky = jax.random.split(key)
-    labels = jax.random.randint(ky, (batch, seq_len), 0, classes)
-    prev = jax.nn.one_hot(labels, classes)
-    prev = jax.numpy.concatenate([jax.numpy.zeros_like(prev[:, :1]), prev[:, :-1]], axis=1)
-    images = jax.random.uniform(kx, (batch, seq_len, image_size * image_size))
-    return jax.numpy.concatenate([images, prev], axis=-1), labels
-
-  use_unroll = variant in ("unroll", "current")
-  apply = (lambda p, x: mann.unroll(cell, p, x)) if use_unroll else model.apply
-
-  def loss_fn(p, key):
-    x, y = episodes(key)
-    return mann.mann_loss(apply(p, x), y), {}
-
-  params = model.init(jax.random.key(seed), jax.numpy.zeros((1, seq_len, width)))
-  opt = optax.chain(optax.clip(10.0), optax.adam(1e-3))
-  state = training.init_state(params, opt)
+  """Compiled Adam step of one variant: ``(step(state) -> (state, loss), state, compile_s, first_loss)``
+  (:func:`benchmarks.throughput_mann.build_step`; quick: memory 16 × 8, 2 heads, LSTM 16)."""
+  cfg = dict(throughput_mann.CONFIG, batch=batch, seq_len=seq_len, num_classes=classes, image_size=image_size)
+  if quick:
+    cfg.update(memory_size=16, word_size=8, read_heads=2, controller=16)
   with _autodiff_lrua(variant in ("previous", "unroll")):
-    compiled = common.compile_fn(training.make_step(loss_fn, opt, jax.random.key(seed + 1)), state)
-  state, loss, _, _ = compiled.executable(state)
-  return compiled.executable, state, compiled.total_s, float(loss)
+    js = throughput_mann.build_step(cfg, seed, unroll=variant in ("unroll", "current"))
+  state, loss, _, _ = js.executable(js.state)
+  return js.executable, state, js.compiled.total_s, float(loss)
 
 
 def compare(batch: int, variants, *, rounds: int, run_s: float, quick: bool) -> list[dict]:
-  built = {v: build(v, batch, quick=quick) for v in variants}
-  times = common.alternate({v: b[:2] for v, b in built.items()}, rounds=rounds, run_s=run_s)
-  base = times[variants[0]]
-  return [{"variant": v, "batch": batch, "ms_per_step": times[v] * 1e3,
-           "episodes_per_s": batch / times[v],
-           "speed_vs_previous": base / times[v], "compile_s": built[v][2],
-           "first_loss": built[v][3]} for v in variants]
+  got = common.compare_variants(lambda v: build(v, batch, quick=quick), variants, rounds=rounds, run_s=run_s)
+  return [{"variant": v, "batch": batch, "ms_per_step": r["step_s"] * 1e3, "episodes_per_s": batch / r["step_s"],
+           "speed_vs_previous": r["speed"], "compile_s": r["compile_s"], "first_loss": r["first_loss"]}
+          for v, r in got.items()]
 
 
 def main(argv=None) -> list[dict]:
   p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   p.add_argument("--quick", action="store_true", help="a tiny MANN, batch 2 (smoke test)")
-  p.add_argument("--batches", type=lambda t: [int(x) for x in t.split(",")], default=None,
+  p.add_argument("--batches", type=int_list, default=None,
                  help="comma-separated batch sizes (default 16,64; quick: 2)")
   p.add_argument("--variants", default=",".join(VARIANTS), help=f"'previous' first, then any of {VARIANTS}")
   p.add_argument("--rounds", type=int, default=None, help="alternating rounds (default 7; quick: 1)")
@@ -108,18 +82,11 @@ def main(argv=None) -> list[dict]:
                     quick=q)
     common.log(f"batch {b}: " + ", ".join(f"{r['variant']} {r['speed_vs_previous']:.2f}×"
                                          for r in rows[-len(variants):]))
-  env = common.environment()
-  table = common.markdown_table(
+  common.write_variants_report(
+      args.out, "mann_step", "MANN Omniglot train step: current vs previous",
       ["batch", "variant", "ms/step", "episodes/s", "speed vs previous", "compile s", "first loss"],
       [[r["batch"], r["variant"], f"{r['ms_per_step']:.1f}", f"{r['episodes_per_s']:.0f}",
-        f"{r['speed_vs_previous']:.2f}×", f"{r['compile_s']:.1f}", f"{r['first_loss']:.6f}"] for r in rows])
-  text = ("# MANN Omniglot train step: current vs previous\n\n" + common.environment_markdown(env)
-          + "\n\nMedians of alternating runs; `first loss` is the loss of the first step (the same batch for "
-          "every variant).\n\n" + table + "\n")
-  common.ensure_dir(args.out)
-  common.write_text(f"{args.out}/mann_step.md", text)
-  common.write_json(f"{args.out}/mann_step.json", {"env": env, "rows": rows})
-  print(text)
+        f"{r['speed_vs_previous']:.2f}×", f"{r['compile_s']:.1f}", f"{r['first_loss']:.6f}"] for r in rows], rows)
   return rows
 
 

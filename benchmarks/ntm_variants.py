@@ -3,7 +3,7 @@
 Each variant changes how the step is differentiated or looped, not what it
 computes (the test checks equal losses and gradients):
 
-* ``plain``: the step of :mod:`benchmarks.throughput` (``nn.RNN(NTMCell)``);
+* ``plain``: the step of :mod:`benchmarks.throughput_ntm` (``nn.RNN(NTMCell)``);
 * ``remat_cell``: ``nn.RNN(nn.remat(NTMCell))`` — the backward pass recomputes
   each cell step from its carry instead of reading ~60 saved per-step buffers;
 * ``remat_memory``: ``jax.checkpoint`` on the addressing, read and write
@@ -25,7 +25,8 @@ import argparse
 import contextlib
 import functools
 
-from benchmarks import common
+from benchmarks import common, throughput_ntm
+from memjax.cli import int_list
 
 VARIANTS = ("plain", "remat_cell", "remat_memory", "custom_vjp", "unroll2")
 
@@ -127,44 +128,26 @@ def _patched(variant: str):
 
 
 def build(variant: str, batch: int, *, max_length: int, memory_size: int, seed: int = 0):
-  """``(step_fn, state, compile_s, first_loss)`` of one variant's compiled train step."""
-  import flax.linen as nn
-  import jax
-  import jax.numpy as jnp
-  from memjax import tasks, training
-  from memjax.ntm import NTMCell
-
-  cfg = dict(features=8, memory_size=memory_size, word_size=20, controller_features=100)
-  cell = nn.remat(NTMCell)(**cfg) if variant == "remat_cell" else NTMCell(**cfg)
-  model = nn.RNN(cell, unroll=2) if variant == "unroll2" else nn.RNN(cell)
-  seq_len = tasks.copy_length(max_length)
-  params = model.init(jax.random.key(seed), jnp.zeros((batch, seq_len, 9)))
-
-  def loss_fn(p, key):
-    b = tasks.copy(key, batch, max_length=max_length)
-    return tasks.sequence_loss(model.apply(p, b.inputs), b)
-
-  opt = training.make_optimizer("rmsprop")
-  state = training.init_state(params, opt)
+  """``(step_fn, state, compile_s, first_loss)`` of one variant's compiled train step
+  (:func:`benchmarks.throughput_ntm.build_step`, traced with the variant's functions)."""
   with _patched(variant):
-    compiled = common.compile_fn(training.make_step(loss_fn, opt, jax.random.key(seed + 1)), state)
-  state, loss, _, _ = compiled.executable(state)
-  return compiled.executable, state, compiled.total_s, float(loss)
+    js = throughput_ntm.build_step(batch, max_length, memory_size, seed, remat=variant == "remat_cell",
+                                   unroll=2 if variant == "unroll2" else 1)
+  state, loss, _, _ = js.executable(js.state)
+  return js.executable, state, js.compiled.total_s, float(loss)
 
 
 def compare(batch: int, variants, *, rounds: int, run_s: float, max_length: int, memory_size: int) -> list[dict]:
-  built = {v: build(v, batch, max_length=max_length, memory_size=memory_size) for v in variants}
-  times = common.alternate({v: b[:2] for v, b in built.items()}, rounds=rounds, run_s=run_s)
-  base = times[variants[0]]
-  return [{"variant": v, "batch": batch, "ms_per_step": times[v] * 1e3,
-           "speed_vs_plain": base / times[v], "compile_s": built[v][2],
-           "first_loss": built[v][3]} for v in variants]
+  got = common.compare_variants(lambda v: build(v, batch, max_length=max_length, memory_size=memory_size),
+                                variants, rounds=rounds, run_s=run_s)
+  return [{"variant": v, "batch": batch, "ms_per_step": r["step_s"] * 1e3, "speed_vs_plain": r["speed"],
+           "compile_s": r["compile_s"], "first_loss": r["first_loss"]} for v, r in got.items()]
 
 
 def build_parser() -> argparse.ArgumentParser:
   p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   p.add_argument("--quick", action="store_true", help="tiny memory, short copies, batch 2 (smoke test)")
-  p.add_argument("--batches", type=lambda t: [int(x) for x in t.split(",")], default=None)
+  p.add_argument("--batches", type=int_list, default=None)
   p.add_argument("--variants", default=",".join(VARIANTS))
   p.add_argument("--rounds", type=int, default=None)
   p.add_argument("--run-seconds", type=float, default=None)
@@ -185,18 +168,11 @@ def main(argv=None) -> list[dict]:
     rows += compare(b, variants, rounds=args.rounds or (1 if q else 5), run_s=args.run_seconds or (0.05 if q else 0.5),
                     max_length=3 if q else 20, memory_size=16 if q else 128)
     common.log(f"batch {b}: " + ", ".join(f"{r['variant']} {r['speed_vs_plain']:.2f}×" for r in rows[-len(variants):]))
-  env = common.environment()
-  table = common.markdown_table(
+  common.write_variants_report(
+      args.out, "ntm_variants", "NTM copy-task train step: variants vs the plain step",
       ["batch", "variant", "ms/step", "speed vs plain", "compile s", "first loss"],
       [[r["batch"], r["variant"], f"{r['ms_per_step']:.2f}", f"{r['speed_vs_plain']:.2f}×",
-        f"{r['compile_s']:.1f}", f"{r['first_loss']:.6f}"] for r in rows])
-  text = ("# NTM copy-task train step: variants vs the plain step\n\n" + common.environment_markdown(env)
-          + "\n\nMedians of alternating runs; `first loss` is the loss of the first step (the same batch for "
-          "every variant).\n\n" + table + "\n")
-  common.ensure_dir(args.out)
-  common.write_text(f"{args.out}/ntm_variants.md", text)
-  common.write_json(f"{args.out}/ntm_variants.json", {"env": env, "rows": rows})
-  print(text)
+        f"{r['compile_s']:.1f}", f"{r['first_loss']:.6f}"] for r in rows], rows)
   return rows
 
 

@@ -17,7 +17,7 @@ _ROOT = str(Path(__file__).resolve().parents[1])
 if _ROOT not in sys.path:
   sys.path.insert(0, _ROOT)
 
-from benchmarks import addressing, common, throughput  # noqa: E402
+from benchmarks import addressing, common, throughput, throughput_mann, throughput_metanet  # noqa: E402
 
 HAS_TORCH = common.optional_torch() is not None
 
@@ -124,7 +124,7 @@ def test_throughput_metanet_quick(tmp_path):
   assert "mann: not requested" in res["other_models"][0]
   assert res["other_models"][1].startswith("metanet: ")
   m = res["metanet"]
-  assert m["config"] == throughput.METANET_QUICK_CONFIG
+  assert m["config"] == throughput_metanet.QUICK_CONFIG
   assert _positive_finite(m["memjax_episodes_s"]) and _positive_finite(m["compile_s"])
   assert len(m["memjax_runs"]) == 2
   if HAS_TORCH:
@@ -185,13 +185,13 @@ def test_throughput_mann_quick(tmp_path):
   assert res["other_models"][0].startswith("mann: ")
   assert "metanet: not requested" in res["other_models"][1]
   m = res["mann"]
-  assert m["config"] == throughput.MANN_QUICK_CONFIG and m["batch"] == 2
+  assert m["config"] == throughput_mann.QUICK_CONFIG and m["batch"] == 2
   assert _positive_finite(m["memjax_episodes_s"]) and _positive_finite(m["compile_s"])
   assert len(m["memjax_runs"]) == 2
   if HAS_TORCH:
     assert _positive_finite(m["torch_episodes_s"]) and _positive_finite(m["ratio"])
     # Same shapes on both sides; nn.LSTMCell has a second bias vector (4 × controller).
-    assert m["num_params_torch"] == m["num_params_memjax"] + 4 * throughput.MANN_QUICK_CONFIG["controller"]
+    assert m["num_params_torch"] == m["num_params_memjax"] + 4 * throughput_mann.QUICK_CONFIG["controller"]
   else:
     assert "ratio" not in m
   table = (tmp_path / "throughput.md").read_text()
