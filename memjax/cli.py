@@ -53,8 +53,8 @@ def load_omniglot(parser: argparse.ArgumentParser, data_dir: str | None, *splits
 
   A ``--data-dir`` (or ``$MEMJAX_DATA_DIR``) that does not exist, or archives
   that are missing and cannot be downloaded, end the program with a short
-  message naming both, the files expected, and exit code 2 (``parser.error``),
-  before anything is written.
+  message naming both, the files expected, and exit code 2 (argparse's
+  ``error:`` line without the usage), before anything is written.
   """
   from memjax.data import omniglot
 
@@ -64,14 +64,15 @@ def load_omniglot(parser: argparse.ArgumentParser, data_dir: str | None, *splits
                                   for s in splits for a in omniglot.SPLITS[s]))
   hint = (f"pass --data-dir (or set $MEMJAX_DATA_DIR to) the folder that holds {files} "
           f"(from {omniglot.BASE_URL}) or the folders they extract to")
+  error = lambda message: parser.exit(2, f"{parser.prog}: error: {message}\n")
   if given is not None and not os.path.isdir(os.path.expanduser(given)):
-    parser.error(f"{source} {given}: no such directory; {hint}")
+    error(f"{source} {given}: no such directory;\n  {hint}")
   out = []
   for split in splits:
     try:
       out.append(omniglot.load(split, image_size, data_dir).images)
     except (FileNotFoundError, ValueError) as e:
-      parser.error(f"cannot load Omniglot split {split!r}: {str(e).splitlines()[0]}\n{hint}")
+      error(f"cannot load Omniglot split {split!r}: {str(e).splitlines()[0]}\n  {hint}")
   return out
 
 

@@ -556,7 +556,7 @@ class Run:
       changed = [k for k in keys if not _same(self.saved_config.get(k, defaults.get(k)), config.get(k),
                                               k in path_keys)]
       if changed:
-        detail = ", ".join(f"{k}: saved {self.saved_config.get(k, defaults.get(k))!r}, now "
+        detail = "; ".join(f"{k}: saved {self.saved_config.get(k, defaults.get(k))!r}, now "
                            f"{config.get(k)!r}" for k in changed)
         message = (f"--resume with a different configuration than {config_path}: "
                    f"{sorted(changed)} ({detail})")

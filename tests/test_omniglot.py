@@ -453,3 +453,29 @@ def test_full_train_and_test_load(omniglot_dir, tmp_path):
     assert 0.02 < split.images.mean() < 0.2
   assert sorted(p.name for p in tmp_path.glob("*.npz")) == [
       "images_background_20px.npz", "images_evaluation_20px.npz"]
+
+
+def test_memjax_data_load_after_import_memjax(small1_reference):
+  import memjax
+
+  split, d = small1_reference
+  again = memjax.data.load("small1", data_dir=d, download=False)
+  np.testing.assert_array_equal(again.images, split.images)
+  assert memjax.data.load is om.load
+
+
+def test_load_resolves_the_data_and_cache_directories_once(small1_reference, monkeypatch):
+  split, d = small1_reference
+  calls = {"resolve": 0, "cache": 0}
+  resolve, cache_dir_for = om.resolve_data_dir, om._cache_dir_for
+
+  def counted(name, fn):
+    def wrapper(*args, **kwargs):
+      calls[name] += 1
+      return fn(*args, **kwargs)
+    return wrapper
+
+  monkeypatch.setattr(om, "resolve_data_dir", counted("resolve", resolve))
+  monkeypatch.setattr(om, "_cache_dir_for", counted("cache", cache_dir_for))
+  np.testing.assert_array_equal(om.load("small1", data_dir=d, download=False).images, split.images)
+  assert calls == {"resolve": 1, "cache": 1}

@@ -8,6 +8,7 @@ import random
 import signal
 import subprocess
 import sys
+import textwrap
 import time
 from pathlib import Path
 
@@ -26,6 +27,30 @@ TINY = ["--memory-size", "16", "--word-size", "6", "--controller-features", "16"
         "--max-length", "4", "--batch-size", "4", "--optimizer", "adam", "--steps", "80",
         "--checkpoint-every", "4", "--eval-every", "1000", "--eval-sequences", "8",
         "--generalisation-lengths", "4", "--no-progress", "--no-plots", "--seed", "5"]
+
+
+# Runs copy_task.py with the checkpointer monkeypatched to die (SIGKILL) while the
+# asynchronous write of step KILL_AT's checkpoint is still in flight.
+KILLED_DURING_SAVE = textwrap.dedent("""
+    import os, runpy, sys
+    from memjax import training
+    save = training._Checkpointer.save
+    def save_then_die(self, state):
+      save(self, state)
+      if int(state.step) == int(os.environ["KILL_AT"]):
+        os.kill(os.getpid(), 9)
+    training._Checkpointer.save = save_then_die
+    sys.argv = sys.argv[1:]
+    runpy.run_path(sys.argv[0], run_name="__main__")
+""")
+
+
+def _cached_env(tmp_path: Path) -> dict:
+  """The subprocesses' environment: CPU, and one persistent compilation cache for all of them
+  (every executable cached, however fast to compile: a run then skips compiling what an earlier
+  one compiled; the executables are the ones XLA compiles, so results are unchanged)."""
+  return dict(os.environ, JAX_PLATFORMS="cpu", MEMJAX_COMPILATION_CACHE=str(tmp_path / "xla_cache"),
+              JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
 
 
 def _latest_checkpoint(workdir: Path) -> int:
@@ -53,7 +78,7 @@ def _metrics(workdir: Path):
 
 @pytest.mark.slow
 def test_sigkill_and_resume_equals_uninterrupted_run(tmp_path):
-  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  env = _cached_env(tmp_path)
   ref = tmp_path / "reference"
   subprocess.run(COPY + TINY + ["--workdir", str(ref)], env=env, check=True, capture_output=True,
                  timeout=600)
@@ -62,8 +87,8 @@ def test_sigkill_and_resume_equals_uninterrupted_run(tmp_path):
   rng = random.Random(0)
   kills = 0
   # 1. Killed while the checkpoint of step 8 is being written (fault injection).
-  proc = subprocess.run(COPY + TINY + ["--workdir", str(run)], capture_output=True, timeout=600,
-                        env=dict(env, MEMJAX_FAULT_KILL_DURING_SAVE="8"))
+  proc = subprocess.run([sys.executable, "-c", KILLED_DURING_SAVE] + COPY[1:] + TINY + ["--workdir", str(run)],
+                        capture_output=True, timeout=600, env=dict(env, KILL_AT="8"))
   assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
   kills += 1
   # 2-4. Killed at random moments after random numbers of checkpoints.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 
 import jax
 import jax.numpy as jnp
@@ -114,3 +115,107 @@ def test_stop_fn_and_eval_fn(tmp_path):
                                 progress=False, workdir=str(tmp_path))
   assert int(state.step) < 500 and calls[-1] == int(state.step)
   assert history[-1]["eval_w0"] > 0.9
+
+
+def test_fit_rejects_a_bare_scalar_loss_with_the_contract():
+  def scalar_only(params, key):
+    return regression_loss(params, key)[0]
+
+  with pytest.raises(TypeError, match=r"\(params, key\) -> \(loss, metrics\)"):
+    training.fit(scalar_only, PARAMS, optax.sgd(0.1), num_steps=2, progress=False)
+  with pytest.raises(TypeError, match="scalar loss"):
+    training.fit(lambda p, k: (jnp.ones(3) * p["b"], {}), PARAMS, optax.sgd(0.1), num_steps=2,
+                 progress=False)
+
+
+def test_stop_fn_may_schedule_the_stop_at_the_first_evaluation_after_a_step():
+  seen = []
+
+  def stop_fn(record):
+    seen.append(record["step"])
+    return 23  # stop at the first evaluation at or after step 23
+
+  state, _ = training.fit(regression_loss, PARAMS, optax.sgd(0.01), num_steps=100, eval_every=10,
+                          eval_fn=lambda p, s: {}, stop_fn=stop_fn, progress=False)
+  assert int(state.step) == 30 and seen == [10, 20, 30]
+
+
+def test_eval_key_and_evaluate():
+  np.testing.assert_array_equal(jax.random.key_data(training.eval_key()),
+                                jax.random.key_data(jax.random.key(2**31 - 1)))
+  np.testing.assert_array_equal(
+      jax.random.key_data(training.eval_key(2)),
+      jax.random.key_data(jax.random.fold_in(jax.random.key(2**31 - 1), 2)))
+  out = training.evaluate(lambda p: {"w0": p["w"][0], "b": p["b"]}, PARAMS, prefix="eval_")
+  assert out == {"eval_w0": 0.0, "eval_b": 0.0} and all(type(v) is float for v in out.values())
+
+
+def test_choose_mesh():
+  assert training.choose_mesh(None) is None
+  expected = None if jax.device_count() == 1 else training.DATA_AXIS
+  mesh = training.choose_mesh("auto", batch_size=jax.device_count())
+  assert (mesh if mesh is None else mesh.axis_names[0]) == expected
+  if jax.device_count() > 1:
+    assert training.choose_mesh("auto", batch_size=jax.device_count() + 1) is None
+  with pytest.raises(ValueError, match="mesh"):
+    training.choose_mesh("all")
+
+
+def test_run_saves_config_and_names_the_keys_that_differ_on_resume(tmp_path, monkeypatch):
+  wd = tmp_path / "run"
+  config = {"workdir": str(wd), "lr": 0.1, "seed": 0, "steps": 10}
+  training.Run(str(wd), config, verbose=False)
+  assert json.loads((wd / "config.json").read_text()) == config
+  # Relative and absolute paths of the same folder are the same configuration.
+  monkeypatch.chdir(tmp_path)
+  run = training.Run("run", dict(config, workdir="run", steps=20), resume=True,
+                     compare=["workdir", "lr", "seed"], verbose=False)
+  assert run.saved_config["workdir"] == str(wd) and run.start_step == 0
+  with pytest.raises(training.ConfigMismatchError, match=r"\['lr', 'seed'\]"):
+    training.Run("run", dict(config, lr=0.2, seed=1), resume=True, compare=["lr", "seed", "workdir"],
+                 verbose=False)
+  errors = []
+  with pytest.raises(training.ConfigMismatchError):
+    training.Run("run", dict(config, lr=0.2), resume=True, compare=["lr"], error=errors.append,
+                 verbose=False)
+  assert "lr" in errors[0] and "saved 0.1" in errors[0]
+  # Keys missing from an older config.json: its defaults; renamed keys: upgrade.
+  training.Run("run", dict(config, workdir="run", new=1), resume=True, compare=["new", "lr"],
+               defaults={"new": 1}, verbose=False)
+  training.Run("run", {"steps_v2": 10}, resume=True,
+               upgrade=lambda old: {"steps_v2": old["steps"]}, verbose=False)
+
+
+@pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_run_stops_on_a_signal_with_checkpoint_partial_results_and_exit_code(tmp_path, signum, code,
+                                                                             capsys):
+  wd = str(tmp_path / "run")
+  run = training.Run(wd, {"seed": 0}, verbose=False)
+
+  def eval_fn(params, step):
+    if step == 20:
+      os.kill(os.getpid(), signum)  # as Ctrl-C / `kill` during training
+    return {}
+
+  skipped = []
+  with pytest.raises(SystemExit) as info:
+    with run:
+      state, _ = run.fit(regression_loss, PARAMS, optax.sgd(0.01), num_steps=1000, eval_every=10,
+                         eval_fn=eval_fn, checkpoint_every=500, progress=False)
+      assert run.step("later step", lambda: skipped.append(1)) is None
+      run.step("plots", lambda: skipped.append(2), always=True)
+      run.write_results({"steps": int(state.step)})
+  assert info.value.code == code
+  assert int(state.step) == 20 and skipped == [2]
+  results = json.loads((tmp_path / "run" / "results.json").read_text())
+  assert results == {"steps": 20, "interrupted": True, "signal": signal.Signals(signum).name}
+  assert training.load_checkpoint(wd, training.init_state(PARAMS, optax.sgd(0.01))).step == 20
+  assert signal.getsignal(signum) is not run._on_signal  # handlers restored
+  # --resume continues from the checkpoint.
+  run = training.Run(wd, {"seed": 0}, resume=True, verbose=False)
+  assert run.start_step == 20
+  with run:
+    state, _ = run.fit(regression_loss, PARAMS, optax.sgd(0.01), num_steps=30, progress=False)
+    run.write_results({})
+  assert int(state.step) == 30 and not run.interrupted
+  assert json.loads((tmp_path / "run" / "results.json").read_text())["interrupted"] is False
