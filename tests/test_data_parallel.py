@@ -45,6 +45,9 @@ SCRIPT = textwrap.dedent("""
       assert "divisible by 8" in str(e)
     else:
       raise AssertionError("batch 12 over 8 devices should raise")
+    # fit's mesh="auto": all 8 devices when they divide the batch, else one.
+    assert training.choose_mesh("auto", batch_size=16).shape[training.DATA_AXIS] == 8
+    assert training.choose_mesh("auto", batch_size=12) is None
     print("OK")
 """)
 
