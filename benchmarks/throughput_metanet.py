@@ -30,9 +30,8 @@ TARGET_RATIO = 5.0
 
 
 def _model_kwargs(cfg: dict) -> dict:
-  # The torch reference uses the contrastive embedding loss: the same here, so both do the same work.
-  return {**{k: cfg[k] for k in ("image_shape", "filters", "num_blocks", "hidden")},
-          "embedding_loss": "contrastive"}
+  """The network's shape, for memjax's MetaNet and the torch reference alike."""
+  return {k: cfg[k] for k in ("image_shape", "filters", "num_blocks", "hidden")}
 
 
 def build_step(cfg: dict = CONFIG, seed: int = 0) -> common.TrainStep:
@@ -50,7 +49,8 @@ def build_step(cfg: dict = CONFIG, seed: int = 0) -> common.TrainStep:
 
   n, k, q = cfg["num_classes"], cfg["num_support"], cfg["num_query"]
   shape = tuple(cfg["image_shape"])
-  model = MetaNet(num_classes=n, **_model_kwargs(cfg))
+  # The torch reference has only the contrastive embedding loss: the same here, so both do the same work.
+  model = MetaNet(num_classes=n, embedding_loss="contrastive", **_model_kwargs(cfg))
 
   def episode(key):
     k_s, k_q, k_l = jax.random.split(key, 3)
