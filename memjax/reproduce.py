@@ -204,7 +204,7 @@ def _eval_copy(pre, args) -> dict:
 
   import jax
 
-  from memjax import evaluation, tasks
+  from memjax import evaluation, tasks, training
 
   cfg = pre.config.get("run_config") or {}
   task = cfg.get("task", "copy")
@@ -214,7 +214,7 @@ def _eval_copy(pre, args) -> dict:
   max_len = cfg.get("max_length") or 20
   lengths = [int(c) for c in LENGTH_COLUMNS]
   n = args.episodes or (QUICK_SEQUENCES if args.quick else FULL_SEQUENCES)
-  key = jax.random.key(evaluation.EVAL_KEY)
+  key = training.eval_key()  # as the experiment
   sample = functools.partial(tasks.copy, num_bits=bits, min_length=1, max_length=max_len)
   apply = pre.model.apply
   train_lengths = jax.jit(lambda p: evaluation.sequence_metrics(apply, p, sample, n, key))(pre.variables)
@@ -247,9 +247,7 @@ def _images(split: str, size: int, data_dir):
 
 
 def _eval_mann(pre, args) -> dict:
-  import jax
-
-  from memjax import evaluation
+  from memjax import evaluation, training
 
   cfg = pre.config.get("run_config") or {}
   n, spc = int(cfg["num_classes"]), int(cfg.get("samples_per_class", 10))
@@ -264,7 +262,7 @@ def _eval_mann(pre, args) -> dict:
            and hasattr(mann, "unroll") else pre.model.apply)
   evaluate = evaluation.mann_evaluator(
       apply, images, num_episodes=episodes, batch_size=int(cfg.get("eval_batch", 100)),
-      instances=instances, key=jax.random.key(evaluation.EVAL_KEY), num_classes=n,
+      instances=instances, key=training.eval_key(), num_classes=n,
       samples_per_class=spc, label_mode=label_mode, rotate=True)
   acc, loss = evaluate(pre.variables)
   names = [INSTANCE_COLUMNS[INSTANCES.index(k)] for k in instances]

@@ -11,6 +11,13 @@ writes metrics as JSON lines, and shows a tqdm progress bar.
 A non-finite loss or gradient stops training with :class:`NonFiniteError`
 naming the step; the parameters of that step are never applied or saved.
 
+An experiment script wraps :func:`fit` in a :class:`Run`: the run folder with
+its ``config.json`` (checked against the saved one on ``--resume``), graceful
+Ctrl-C / SIGTERM (checkpoint, partial ``results.json``, exit code 130/143),
+evaluation timing, and a closing line saying where the results are. Test data
+comes from :func:`eval_key`; :func:`evaluate` turns a metrics function's values
+into plain floats.
+
 Data parallelism: :func:`fit` runs the step under a device mesh with one axis,
 ``"data"`` (all devices by default; :func:`data_mesh`). Parameters and optimiser
 state are replicated; a loss function marks its batch with :func:`shard_batch`
