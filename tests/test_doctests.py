@@ -4,8 +4,10 @@
 README convention: each ```python block is self-contained (its own imports, run
 in a fresh namespace from a temporary working directory). A block whose lines
 start with ``>>>`` runs as a doctest (printed output is compared); any other
-block is executed as a script. A block whose first line is ``# doctest: skip``
-(e.g. one that needs the Omniglot data or a long training) is not run.
+block is executed as a script. A block is not run (e.g. one that needs the
+Omniglot data or a long training) when its first line is ``# doctest: skip``, or
+when the line just above its fence is ``<!-- doctest: skip -->`` (invisible on
+the rendered page).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import memjax
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 SKIP_MARKER = "# doctest: skip"
+HTML_SKIP_MARKER = "<!-- doctest: skip -->"
 OPTIONFLAGS = doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE
 
 # Docstring examples that fail today, by doctest name, with the reason. The mark
@@ -34,7 +37,8 @@ KNOWN_FAILURES = {
 
 def _module_names() -> list[str]:
   names = [memjax.__name__]
-  names += [m.name for m in pkgutil.walk_packages(memjax.__path__, memjax.__name__ + ".")]
+  # A package that fails to import is still listed (its import fails in _docstring_tests).
+  names += [m.name for m in pkgutil.walk_packages(memjax.__path__, memjax.__name__ + ".", onerror=lambda name: None)]
   return sorted(names)
 
 
@@ -76,11 +80,16 @@ def test_docstring_examples(test, monkeypatch, tmp_path):
   _run_doctest(test)
 
 
-def readme_blocks(text: str) -> list[tuple[int, str]]:
-  """``(line number, code)`` of every ```python block in ``text`` (1-based line of its first code line)."""
+def readme_blocks(text: str) -> list[tuple[int, str, bool]]:
+  """``(line, code, skip)`` of every ```python block in ``text``: the 1-based line of
+  its first code line, the code, and whether it carries a skip marker."""
   blocks = []
   for m in re.finditer(r"^```python[ \t]*\n(.*?)^```[ \t]*$", text, re.M | re.S):
-    blocks.append((text.count("\n", 0, m.start(1)) + 1, m.group(1)))
+    code = m.group(1)
+    above = text[:m.start()].rstrip("\n").rsplit("\n", 1)[-1].strip()
+    first = code.strip().splitlines()[0].strip() if code.strip() else ""
+    skip = above == HTML_SKIP_MARKER or first.startswith(SKIP_MARKER)
+    blocks.append((text.count("\n", 0, m.start(1)) + 1, code, skip))
   return blocks
 
 
@@ -88,26 +97,34 @@ def _readme_params() -> list:
   if not README.exists():
     return [pytest.param(None, None, marks=pytest.mark.skip(reason="README.md is not in this checkout"),
                          id="README.md")]
-  params = []
-  for line, code in readme_blocks(README.read_text(encoding="utf-8")):
-    first = code.lstrip().splitlines()[0].strip() if code.strip() else ""
-    marks = pytest.mark.skip(reason=f"marked `{SKIP_MARKER}`") if first.startswith(SKIP_MARKER) else ()
-    params.append(pytest.param(line, code, id=f"README.md:{line}", marks=marks))
-  return params
+  return [pytest.param(line, code, id=f"README.md:{line}",
+                       marks=pytest.mark.skip(reason="marked `doctest: skip`") if skip else ())
+          for line, code, skip in readme_blocks(README.read_text(encoding="utf-8"))]
+
+
+def run_block(line: int, code: str) -> None:
+  """Runs one README block in a fresh namespace: as a doctest if it has ``>>>`` prompts, else as a script
+  (tracebacks give README.md's line numbers)."""
+  if re.search(r"^\s*>>>", code, re.M):
+    _run_doctest(doctest.DocTestParser().get_doctest(code, {"__name__": "__main__"}, f"README.md:{line}",
+                                                     str(README), line - 1))
+  else:
+    exec(compile("\n" * (line - 1) + code, str(README), "exec"), {"__name__": "__main__"})
 
 
 @pytest.mark.parametrize("line,code", _readme_params())
 def test_readme_python_blocks(line, code, monkeypatch, tmp_path):
   monkeypatch.chdir(tmp_path)
-  name = f"README.md:{line}"
-  if re.search(r"^\s*>>>", code, re.M):
-    test = doctest.DocTestParser().get_doctest(code, {"__name__": "__main__"}, name, str(README), line - 1)
-    _run_doctest(test)
-  else:
-    exec(compile("\n" * (line - 1) + code, str(README), "exec"), {"__name__": "__main__"})
+  run_block(line, code)
 
 
 def test_readme_blocks_are_found():
-  """The block parser: line numbers, the skip marker, and a non-python fence left alone."""
-  text = "intro\n```python\nx = 1\n```\n```bash\nls\n```\n```python\n# doctest: skip\ny\n```\n"
-  assert readme_blocks(text) == [(3, "x = 1\n"), (9, "# doctest: skip\ny\n")]
+  """The block parser: line numbers, both skip markers, and a non-python fence left alone."""
+  text = ("intro\n```python\nx = 1\n```\n```bash\nls\n```\n```python\n# doctest: skip\ny\n```\n"
+          "<!-- doctest: skip -->\n```python\nz\n```\n")
+  assert readme_blocks(text) == [(3, "x = 1\n", False), (9, "# doctest: skip\ny\n", True), (14, "z\n", True)]
+  run_block(1, ">>> 1 + 1\n2\n")
+  with pytest.raises(pytest.fail.Exception, match="1 of 1 examples"):
+    run_block(1, ">>> 1 + 1\n3\n")
+  with pytest.raises(NameError):
+    run_block(1, "undefined_name\n")
