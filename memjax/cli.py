@@ -121,7 +121,8 @@ def enable_compilation_cache(path: str | None = None) -> str | None:
 def run(main) -> None:
   """Runs an experiment's ``main()`` with the persistent compilation cache on
   (:func:`enable_compilation_cache`); a diverged run exits 1 with its message,
-  not a traceback (an interrupted one exits 130/143, see :class:`memjax.training.Run`)."""
+  not a traceback. An interrupted run exits 130/143 (see :class:`memjax.training.Run`),
+  a Ctrl-C before training starts (loading data, compiling) 130, also without a traceback."""
   from memjax.training import NonFiniteError
   enable_compilation_cache()
   try:
@@ -129,3 +130,6 @@ def run(main) -> None:
   except NonFiniteError as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(1)
+  except KeyboardInterrupt:
+    print("\ninterrupted before training started", file=sys.stderr)
+    sys.exit(130)

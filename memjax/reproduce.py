@@ -29,7 +29,6 @@ training time and ``--train-args`` appends or replaces experiment flags (e.g.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shlex
 import subprocess
