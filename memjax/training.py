@@ -533,7 +533,8 @@ class Run:
     prior_train_seconds: training seconds (evaluations excluded) recorded in
       ``metrics.jsonl`` up to ``start_step`` by earlier invocations.
     signum: the signal that interrupted the run, or None.
-    eval_seconds: seconds spent in :meth:`evaluate` during :meth:`fit`.
+    eval_seconds: seconds spent in :meth:`evaluate` since :meth:`fit` began.
+    fit_seconds: wall time of :meth:`fit` (compilation and evaluations included).
   """
 
   def __init__(self, workdir: str, config: dict, *, resume: bool = False,
@@ -547,6 +548,7 @@ class Run:
     self.verbose = verbose
     self.signum: int | None = None
     self.eval_seconds = 0.0
+    self.fit_seconds = 0.0
     self.files: list[str] = []
     self._mode = None
     self._handlers: dict = {}
