@@ -32,14 +32,14 @@ VARIANTS = ("previous", "unroll", "custom_vjp", "current")
 @contextlib.contextmanager
 def _autodiff_lrua(enabled: bool):
   """While tracing: differentiate the LRUA step by autodiff instead of its custom VJP."""
-  from memjax import mann
-  custom = mann._lrua_update
+  from memjax import memory
+  custom = memory._lrua_update
   if enabled:
-    mann._lrua_update = lambda *a: mann._lrua_forward(*a)[0]
+    memory._lrua_update = lambda *a: memory._lrua_forward(*a)[0]
   try:
     yield
   finally:
-    mann._lrua_update = custom
+    memory._lrua_update = custom
 
 
 def build(variant: str, batch: int, *, seq_len: int = 50, classes: int = 5, image_size: int = 20,

@@ -335,3 +335,23 @@ def test_mann_step_benchmark_quick(tmp_path):
   assert all(r["first_loss"] == pytest.approx(rows[0]["first_loss"], rel=1e-5) for r in rows)
   assert all(r["ms_per_step"] > 0 for r in rows)
   assert (tmp_path / "mann_step.md").exists()
+
+
+def test_mann_step_autodiff_switch_replaces_the_custom_vjp():
+  """``previous``/``unroll`` variants really differentiate LRUA by autodiff (the patch reaches memory.py)."""
+  import jax
+  import jax.numpy as jnp
+  from benchmarks import mann_step
+  from memjax import memory
+
+  n, m, r = 8, 4, 2
+  args = (jnp.ones((n, m)) * 0.1, jnp.zeros(n), jnp.full((r, n), 1 / n), jnp.ones((r, m)),
+          jnp.ones((r, m)), jnp.zeros(r), 0.95)
+
+  def grad_jaxpr():
+    return str(jax.make_jaxpr(jax.grad(lambda mem: memory.lrua_step(mem, *args[1:])[0].sum()))(args[0]))
+
+  assert "custom_vjp" in grad_jaxpr()
+  with mann_step._autodiff_lrua(True):
+    assert "custom_vjp" not in grad_jaxpr()
+  assert "custom_vjp" in grad_jaxpr()
