@@ -30,8 +30,6 @@ OPTIONFLAGS = doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE
 # Docstring examples that fail today, by doctest name, with the reason. The mark
 # is strict: once an example passes, its entry here must go.
 KNOWN_FAILURES = {
-    "memjax.pretrained": "uses the undefined names `memjax` and `key`, and expects ('ntm-copy',) from "
-                         "available(), which lists every shipped model",
 }
 
 

@@ -1,10 +1,12 @@
 """Pretrained memjax models: the trained weights behind the README's results tables.
 
-    >>> from memjax import pretrained
-    >>> pretrained.available()
-    ('ntm-copy',)
+    >>> import jax
+    >>> from memjax import pretrained, tasks
+    >>> "ntm-copy" in pretrained.available()
+    True
     >>> model, variables, config = pretrained.load("ntm-copy")
-    >>> logits = model.apply(variables, memjax.tasks.copy(key, 4).inputs)   # [4, 41, 8]
+    >>> model.apply(variables, tasks.copy(jax.random.key(0), 4).inputs).shape
+    (4, 41, 8)
 
 Each model is two files inside the package (``memjax/pretrained/models/``):
 ``NAME.npz`` — its variables as float32 arrays under ``"/"``-joined paths — and
@@ -16,7 +18,7 @@ hardware. :func:`available` lists only what is on disk; directories in
 ``$MEMJAX_PRETRAINED_PATH`` (``os.pathsep``-separated) are searched before the
 package's, e.g. for models exported with :mod:`memjax.pretrained.export`.
 
-Calling conventions (memjax issue 13):
+Calling conventions:
 
 * ``ntm-copy``: ``flax.linen.RNN(NTMCell(...))``; inputs ``[B, T, 9]`` as
   :func:`memjax.tasks.copy` builds them; logits ``[B, T, 8]``.
