@@ -191,3 +191,14 @@ def test_omniglot_names_keep_their_old_import_paths():
     assert getattr(mann, name) is getattr(omniglot, name)
   for name in ("LABEL_MODES", "STRING_LENGTH", "STRING_SYMBOLS", "encode_labels", "label_dim"):
     assert getattr(episodes, name) is getattr(omniglot, name)
+
+
+def test_sequence_loss_is_sigmoid_bce_of_the_scored_steps():
+  """optax's sigmoid BCE equals softplus(z) − z·y, averaged over the masked steps."""
+  batch = tasks.copy(jax.random.key(3), 4, max_length=5)
+  logits = 3.0 * jax.random.normal(jax.random.key(4), batch.targets.shape)
+  z, y, mask = (np.asarray(a, np.float64) for a in (logits, batch.targets, batch.mask))
+  bce = np.sum(np.logaddexp(0.0, z) - z * y, axis=-1)
+  expected = np.sum(bce * mask) / np.sum(mask)
+  loss, _ = tasks.sequence_loss(logits, batch)
+  np.testing.assert_allclose(float(loss), expected, rtol=1e-6)

@@ -21,6 +21,7 @@ from typing import Callable, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 from memjax import addressing
 from memjax.metanet.layers import Params, embed
@@ -43,7 +44,7 @@ _CONV_META_OUT_STD = 1e-3
 
 def _cross_entropy(logits: jax.Array, label: jax.Array) -> jax.Array:
   """−log softmax(logits)[label] of one example: logits [K], int label."""
-  return -jax.nn.log_softmax(logits)[label]
+  return optax.losses.softmax_cross_entropy_with_integer_labels(logits, label)
 
 
 def _bounded(r: jax.Array) -> jax.Array:

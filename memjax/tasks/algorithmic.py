@@ -12,6 +12,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import optax
 
 from memjax import _checks
 
@@ -197,7 +198,7 @@ def sequence_loss(logits: jax.Array, batch: Batch) -> tuple[jax.Array, dict]:
     thresholding the logits at 0).
   """
   _checks.check_shape("logits", logits, batch.targets.shape)
-  bce = jnp.sum(jax.nn.softplus(logits) - logits * batch.targets, axis=-1)  # = sigmoid BCE
+  bce = jnp.sum(optax.losses.sigmoid_binary_cross_entropy(logits, batch.targets), axis=-1)
   mask = batch.mask
   n_seq = batch.targets.shape[0]
   loss = jnp.sum(bce * mask) / jnp.maximum(jnp.sum(mask), 1.0)
