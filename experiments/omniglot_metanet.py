@@ -22,7 +22,9 @@ the 1200/423 split (Table 1).
         --test-num-classes 10,15,20
 
 Training stops after ``--steps`` updates or ``--max-minutes`` of training
-(checkpointed; ``--resume`` continues). Then it evaluates N-way 1-shot on
+(checkpointed; ``--resume`` continues). Ctrl-C or SIGTERM stops training with a
+checkpoint, partial results (``"interrupted": true``) and the plot, exit code
+130/143; ``--resume`` continues. Then it evaluates N-way 1-shot on
 ``--eval-episodes`` episodes of the test characters, not rotated (as the
 paper and the authors' test generator; training episodes are rotated), prints
 the mean accuracy with a 95% confidence interval beside the paper's and the
@@ -107,9 +109,10 @@ def paper_row(args) -> tuple[str, dict]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-  p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                              formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-  p.add_argument("--data-dir", default=None, help="Omniglot archives (default: memjax's resolution)")
+  p = cli.parser(__doc__)
+  p.add_argument("--data-dir", default=None,
+                 help="folder with the Omniglot zips (None: $MEMJAX_DATA_DIR, else the user cache, "
+                      "downloading if needed)")
   p.add_argument("--train-split", choices=list(SPLITS), default="train",
                  help="'train' (1,200 characters, Table 1) or 'background' (964, Table 3); "
                       "'small1'/'small2' for smoke tests")
@@ -122,13 +125,16 @@ def build_parser() -> argparse.ArgumentParser:
                       "softmax layer of fast weights only, Table 4)")
   p.add_argument("--num-query", type=positive_int, default=10, help="queries per class")
   p.add_argument("--batch-size", type=positive_int, default=1, help="episodes per update")
-  p.add_argument("--steps", type=positive_int, default=100_000, help="maximum updates")
-  p.add_argument("--max-minutes", type=positive_float, default=60.0, help="training wall-time budget")
-  p.add_argument("--workdir", default="runs/metanet", help="checkpoints, metrics, results, PNG")
-  p.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
-  p.add_argument("--seed", type=int, default=0)
+  p.add_argument("--steps", type=positive_int, default=100_000,
+                 help="total training steps (updates of --batch-size episodes), counting resumed ones")
+  p.add_argument("--max-minutes", type=positive_float, default=60.0,
+                 help="training wall-time budget of this invocation")
+  p.add_argument("--workdir", default="runs/metanet",
+                 help="checkpoints, metrics.jsonl, results.json, learning_curve.png")
+  p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --workdir")
+  p.add_argument("--seed", type=int, default=0, help="parameter initialisation and training episodes")
   p.add_argument("--lr", type=positive_float, default=1e-3, help="Adam learning rate")
-  p.add_argument("--clip", type=positive_float, default=10.0, help="clip gradient components")
+  p.add_argument("--clip", type=positive_float, default=10.0, help="clip gradient components to ±clip")
   p.add_argument("--second-order", action="store_true",
                  help="differentiate through the meta information (gradients)")
   p.add_argument("--ablate", choices=sorted(ABLATIONS), default="none",
@@ -141,9 +147,9 @@ def build_parser() -> argparse.ArgumentParser:
                       "(as it is at K-way test time)")
   p.add_argument("--embedding-loss", choices=EMBEDDING_LOSSES, default="auto",
                  help="representation loss; 'auto': cross-entropy for one example per class")
-  p.add_argument("--filters", type=positive_int, default=64)
-  p.add_argument("--num-blocks", type=positive_int, default=5)
-  p.add_argument("--hidden", type=positive_int, default=64)
+  p.add_argument("--filters", type=positive_int, default=64, help="3×3 filters per conv block")
+  p.add_argument("--num-blocks", type=positive_int, default=5, help="conv blocks")
+  p.add_argument("--hidden", type=positive_int, default=64, help="units of the FC layer")
   p.add_argument("--eval-episodes", type=positive_int, default=1000,
                  help="test episodes for the final accuracy (Table 3: 400)")
   p.add_argument("--eval-only", action="store_true",
@@ -152,21 +158,30 @@ def build_parser() -> argparse.ArgumentParser:
                  help="learning-curve evaluation every this many updates (0: never)")
   p.add_argument("--curve-episodes", type=positive_int, default=50,
                  help="test episodes per learning-curve point")
-  p.add_argument("--checkpoint-every", type=positive_int, default=100)
-  p.add_argument("--log-every", type=positive_int, default=10)
-  p.add_argument("--no-progress", action="store_true")
-  p.add_argument("--no-plots", action="store_true")
+  p.add_argument("--checkpoint-every", type=positive_int, default=100,
+                 help="checkpoint every this many steps")
+  p.add_argument("--log-every", type=positive_int, default=10, help="metrics line every this many steps")
+  p.add_argument("--no-progress", action="store_true", help="no progress bars")
+  p.add_argument("--no-plots", action="store_true", help="no PNG")
   return p
 
 
+def parse_args(parser: argparse.ArgumentParser, argv=None) -> argparse.Namespace:
+  """The flags, checked; ``--test-num-classes`` as one sorted list."""
+  args = parser.parse_args(argv)
+  args.test_num_classes = sorted({k for ks in args.test_num_classes for k in ks})
+  if args.eval_only and args.resume:
+    parser.error("--eval-only and --resume are exclusive (--eval-only trains nothing)")
+  return args
+
+
 def run_config(parser: argparse.ArgumentParser, args) -> dict:
-  """The run's configuration (config.json), checked against the run in ``--workdir``.
+  """The run's configuration (config.json), from the flags or the run in ``--workdir``.
 
   ``--eval-only`` takes the recorded configuration (flags given must not
-  contradict it); ``--resume`` must repeat it. ``workdir`` is recorded but
-  not compared (the same directory may be given as a relative or an absolute
-  path). A run without the :data:`FAST_WEIGHTS` marker (fast weights rescaled
-  per layer) neither resumes nor evaluates. Writes nothing.
+  contradict it); ``--resume`` must repeat it (checked by :func:`open_run`).
+  A run without the :data:`FAST_WEIGHTS` marker (fast weights rescaled per
+  layer) neither resumes nor evaluates. Writes nothing.
   """
   config = {k: v for k, v in vars(args).items() if k not in NOT_CONFIG}
   config["fast_weights"] = FAST_WEIGHTS
@@ -177,15 +192,13 @@ def run_config(parser: argparse.ArgumentParser, args) -> dict:
     return config
   with open(path) as f:
     old = json.load(f)
-  compared = [k for k in config if k != "workdir"]
-  if args.resume:
-    changed = sorted(k for k in compared if old.get(k, parser.get_default(k)) != config[k])
-    if changed:
-      parser.error(f"--resume with a different configuration than {path}: {changed}")
-    return config
   if old.get("fast_weights") != FAST_WEIGHTS:
-    parser.error(f"--eval-only: {path} is a run of the earlier MetaNet (fast weights "
-                 f"rescaled per layer); this code cannot evaluate it")
+    parser.error(f"--{'eval-only' if args.eval_only else 'resume'}: {path} is a run of the earlier "
+                 f"MetaNet (fast weights rescaled per layer); this code cannot "
+                 f"{'evaluate' if args.eval_only else 'resume'} it")
+  if args.resume:
+    return config
+  compared = [k for k in config if k != "workdir"]
   changed = sorted(k for k in compared if k in old and config[k] != parser.get_default(k)
                    and config[k] != old[k])
   if changed:
@@ -194,6 +207,15 @@ def run_config(parser: argparse.ArgumentParser, args) -> dict:
     if k != "fast_weights":
       setattr(args, k, old.get(k, parser.get_default(k)))
   return {k: config[k] if k in ("workdir", "fast_weights") else getattr(args, k) for k in config}
+
+
+def open_run(parser: argparse.ArgumentParser, args, config: dict) -> training.Run:
+  """The training run in ``--workdir`` (writes config.json). With ``--resume``
+  every key but ``workdir`` (the same folder may be given as a relative or an
+  absolute path) must match the saved configuration."""
+  compare = [k for k in config if k != "workdir"]
+  return training.Run(args.workdir, config, resume=args.resume, compare=compare,
+                      defaults={k: parser.get_default(k) for k in compare}, error=parser.error)
 
 
 def load_images(parser: argparse.ArgumentParser, args) -> tuple[jax.Array, jax.Array]:
@@ -218,21 +240,19 @@ def make_evaluator(model, images, args, chunk: int = 4, num_classes: int | None 
                                        sampler=sample_few_shot)
 
 
-def train(parser: argparse.ArgumentParser, args, loss_fn, params, eval_fn):
-  """``(state, history)``: Adam with clipped gradients for ``--steps`` updates or
-  ``--max-minutes`` (checkpointed in ``--workdir``); with ``--eval-only`` the
-  checkpoint in ``--workdir`` and no history."""
-  optimizer = training.make_optimizer("adam", args.lr, clip=args.clip)
-  if args.eval_only:
-    try:
-      return training.load_checkpoint(args.workdir, training.init_state(params, optimizer)), []
-    except FileNotFoundError as e:
-      parser.error(f"--eval-only: {e}")
-  return training.fit(
-      loss_fn, params, optimizer, num_steps=args.steps, seed=args.seed, workdir=args.workdir,
-      checkpoint_every=args.checkpoint_every, resume=args.resume, log_every=args.log_every,
-      progress=not args.no_progress, eval_every=args.eval_every,
-      eval_fn=eval_fn if args.eval_every else None, max_seconds=args.max_minutes * 60)
+def load_state(parser: argparse.ArgumentParser, args, params, optimizer) -> training.TrainState:
+  """``--eval-only``: the checkpoint in ``--workdir``."""
+  try:
+    return training.load_checkpoint(args.workdir, training.init_state(params, optimizer))
+  except FileNotFoundError as e:
+    parser.error(f"--eval-only: {e}")
+
+
+def describe(record: dict) -> str | None:
+  """The progress bar's evaluation text: the latest learning-curve accuracy."""
+  if "test_accuracy" not in record:
+    return None
+  return f"test acc {record['test_accuracy']:.1f}%"
 
 
 def episodes_per_hour(history: list[dict], eval_seconds: float, batch_size: int) -> float | None:
@@ -247,15 +267,15 @@ def episodes_per_hour(history: list[dict], eval_seconds: float, batch_size: int)
   return (last["step"] - first["step"]) * batch_size / dt * 3600 if dt > 0 else None
 
 
-def k_way_tests(args, params, images, acc: np.ndarray, eval_key, progress: bool) -> dict:
-  """N-way trained, K-way tested (Table 4): K ≠ N through a K-way softmax layer of fast
-  weights only; K = N reuses the N-way accuracies ``acc``."""
-  k_way = {}
+def k_way_tests(args, params, images, acc: np.ndarray, k_way: dict, progress: bool) -> dict:
+  """N-way trained, K-way tested (Table 4), into ``k_way``: K ≠ N through a K-way softmax
+  layer of fast weights only, on the episodes of ``eval_key(100 + K)``; K = N reuses the
+  N-way accuracies ``acc``."""
   for k in args.test_num_classes:
     model = build_model(args, num_classes=k)
     k_acc = acc if k == args.num_classes else make_evaluator(
-        model, images, args, num_classes=k)(params, args.eval_episodes,
-                                            jax.random.fold_in(eval_key, 100 + k), progress=progress)
+        model, images, args, num_classes=k)(params, args.eval_episodes, training.eval_key(100 + k),
+                                            progress=progress)
     k_mean, k_half = mean_ci95(k_acc)
     k_way[k] = {"test_accuracy": k_mean, "test_ci95": k_half, "eval_episodes": int(len(k_acc)),
                 "fast_only_output": model.fast_only_output,
@@ -263,16 +283,20 @@ def k_way_tests(args, params, images, acc: np.ndarray, eval_key, progress: bool)
   return k_way
 
 
-def make_results(args, config, state, history, acc, k_way, images, times) -> dict:
-  """results.json: the N-way test accuracy beside the paper's, the K-way tests, throughput."""
+def make_results(args, config, state, history, acc, k_way, images, times, workdir=None) -> dict:
+  """results.json: the N-way test accuracy beside the paper's, the K-way tests, throughput.
+
+  ``acc`` None (interrupted before the final test): no test accuracy, and the
+  last learning-curve point in ``workdir``'s metrics.jsonl, if any.
+  """
   n, steps = args.num_classes, int(state.step)
-  mean, half = mean_ci95(acc)
+  mean, half = mean_ci95(acc) if acc is not None else (None, None)
   label, row = paper_row(args)
-  return {
+  results = {
       "num_classes": n, "num_support": NUM_SUPPORT, "num_query_per_class": args.num_query,
       "ablate": args.ablate, "second_order": args.second_order,
       "steps": steps, "episodes": steps * args.batch_size,
-      "test_accuracy": mean, "test_ci95": half, "eval_episodes": int(len(acc)),
+      "test_accuracy": mean, "test_ci95": half, "eval_episodes": 0 if acc is None else int(len(acc)),
       "test_rotated": False,
       "train_split": args.train_split, "train_characters": int(images[0].shape[0]),
       "test_split": args.test_split, "test_characters": int(images[1].shape[0]),
@@ -280,11 +304,17 @@ def make_results(args, config, state, history, acc, k_way, images, times) -> dic
       "baselines": {k: v[n] for k, v in BASELINES.items() if n in v},
       "k_way": {str(k): v for k, v in k_way.items()},
       "episodes_per_hour": episodes_per_hour(history, times["curve"], args.batch_size),
-      "train_seconds_this_invocation": None if args.eval_only else times["train"],
+      "train_seconds_this_invocation": times["train"],
       "eval_seconds": times["test"],
       "final_train": {k: history[-1][k] for k in ("loss", "accuracy") if history and k in history[-1]},
       "config": config, "device": str(jax.devices()[0]), "date": time.strftime("%Y-%m-%d"),
   }
+  if acc is None:
+    curve = [r for r in _records(workdir) if "test_accuracy" in r] if workdir else []
+    results["last_curve_point"] = curve and {
+        "step": curve[-1]["step"], "test_accuracy": curve[-1]["test_accuracy"],
+        "test_ci95": curve[-1]["test_ci95"], "curve_episodes": args.curve_episodes} or None
+  return results
 
 
 def comparison_table(n: int, mean: float, half: float, args) -> str:
@@ -310,60 +340,97 @@ def k_way_table(k_way: dict, args) -> str:
 
 def main(argv=None) -> dict:
   parser = build_parser()
-  args = parser.parse_args(argv)
-  args.test_num_classes = sorted({k for ks in args.test_num_classes for k in ks})
-  if args.eval_only and args.resume:
-    parser.error("--eval-only and --resume are exclusive (--eval-only trains nothing)")
+  args = parse_args(parser, argv)
   config = run_config(parser, args)
   train_images, test_images = load_images(parser, args)
-  os.makedirs(args.workdir, exist_ok=True)
-  if not args.eval_only:
-    write_json(os.path.join(args.workdir, "config.json"), config)
-
   model = build_model(args)
   params = model.init(jax.random.key(args.seed), method=MetaNet.init_params)
+  optimizer = training.make_optimizer("adam", args.lr, clip=args.clip)
+  evaluate = make_evaluator(model, test_images, args)
+  images = (train_images, test_images)
+  if args.eval_only:  # no Run: nothing in --workdir changes but results_eval.json
+    state = load_state(parser, args, params, optimizer)
+    results = finish(args, config, state, [], evaluate, images, {"curve": 0.0, "train": None})
+    print(f"results in {os.path.join(args.workdir, 'results_eval.json')}")
+    return results
+
+  run = open_run(parser, args, config)
   loss_fn = episode_loss(model, train_images, batch_size=args.batch_size,
                          num_classes=args.num_classes, num_query=args.num_query,
                          rotate=True, sampler=sample_few_shot)  # rotations: new classes
-  evaluate = make_evaluator(model, test_images, args)
-  eval_key = jax.random.key(evaluation.EVAL_KEY)
-  times = {"curve": 0.0}
 
-  def eval_fn(p, step):
-    t = time.perf_counter()
-    mean, half = mean_ci95(evaluate(p, args.curve_episodes, jax.random.fold_in(eval_key, 1)))
-    times["curve"] += time.perf_counter() - t
-    return {"test_accuracy": mean, "test_ci95": half}
+  def curve(p) -> dict:  # the learning curve's test points: episodes of eval_key(1)
+    return dict(zip(("test_accuracy", "test_ci95"),
+                    mean_ci95(evaluate(p, args.curve_episodes, training.eval_key(1)))))
 
-  t0 = time.perf_counter()
-  state, history = train(parser, args, loss_fn, params, eval_fn)
-  times["train"] = time.perf_counter() - t0 - times["curve"]
+  with run:
+    state, history = run.fit(
+        loss_fn, params, optimizer, num_steps=args.steps, seed=args.seed,
+        checkpoint_every=args.checkpoint_every, log_every=args.log_every, progress=not args.no_progress,
+        eval_every=args.eval_every, eval_fn=lambda p, step: run.evaluate(curve, p),
+        max_seconds=args.max_minutes * 60, batch_size=args.batch_size, describe=describe)
+    times = {"curve": run.eval_seconds, "train": run.fit_seconds - run.eval_seconds}
+    results = finish(args, config, state, history, evaluate, images, times, run)
+  return results
 
+
+def _announce(message: str, fn, *args, always: bool = False, **kwargs):
+  """:meth:`memjax.training.Run.step` without a run (``--eval-only``)."""
+  print(message, flush=True)
+  return fn(*args, **kwargs)
+
+
+def finish(args, config, state, history, evaluate, images, times, run=None) -> dict:
+  """The final N-way test on the episodes of ``eval_key(2)`` and the K-way tests
+  (skipped, or kept as far as they got, when ``run`` is interrupted); writes
+  results.json (``--eval-only``: results_eval.json), prints the tables, plots."""
+  step = run.step if run is not None else _announce
+  progress = not args.no_progress
   t = time.perf_counter()
-  acc = evaluate(state.params, args.eval_episodes, jax.random.fold_in(eval_key, 2),
-                 progress=not args.no_progress)
+  acc = step(f"testing {args.num_classes}-way 1-shot on {args.eval_episodes} episodes "
+             f"({args.test_split} split)", evaluate, state.params, args.eval_episodes,
+             training.eval_key(2), progress=progress)
+  k_way = {}
+  if args.test_num_classes:
+    step(f"testing K-way, K = {', '.join(map(str, args.test_num_classes))} (Table 4)", k_way_tests,
+         args, state.params, images[1], acc, k_way, progress)
   times["test"] = time.perf_counter() - t
-  k_way = k_way_tests(args, state.params, test_images, acc, eval_key, not args.no_progress)
-  results = make_results(args, config, state, history, acc, k_way, (train_images, test_images), times)
-  write_json(os.path.join(args.workdir, "results_eval.json" if args.eval_only else "results.json"),
-             results)
-  if not args.no_plots and not args.eval_only:
-    plot(args)
-  print(comparison_table(args.num_classes, results["test_accuracy"], results["test_ci95"], args))
+  results = make_results(args, config, state, history, acc, k_way, images, times,
+                         None if run is None else run.path)
+  if run is None:
+    write_json(os.path.join(args.workdir, "results_eval.json"), results)
+  else:
+    run.write_results(results)
+  if acc is None:
+    point = results["last_curve_point"]
+    print("no final test (interrupted)" + ("" if point is None else
+          f"; last learning-curve point: {point['test_accuracy']:.1f} ± {point['test_ci95']:.1f}% at "
+          f"step {point['step']} ({point['curve_episodes']} test episodes)"))
+  else:
+    print(comparison_table(args.num_classes, results["test_accuracy"], results["test_ci95"], args))
   if k_way:
     print(k_way_table(k_way, args))
   print(f"{results['steps']} updates ({results['episodes']} episodes); "
         f"{results['episodes_per_hour'] and round(results['episodes_per_hour'])} episodes/hour")
+  if run is not None and not args.no_plots:
+    run.step("plotting the learning curve", plot, run, args, always=True)
   return results
 
 
-def plot(args):
+def _records(workdir: str) -> list[dict]:
+  path = os.path.join(workdir, "metrics.jsonl")
+  if not os.path.exists(path):
+    return []
+  with open(path) as f:
+    return [json.loads(line) for line in f if line.strip()]
+
+
+def plot(run: training.Run, args):
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
 
-  with open(os.path.join(args.workdir, "metrics.jsonl")) as f:
-    records = [json.loads(line) for line in f if line.strip()]
+  records = _records(run.path)
   if not records:
     return
   episodes = np.array([r["step"] for r in records]) * args.batch_size
@@ -386,7 +453,7 @@ def plot(args):
   ax.set_title(f"MetaNet, Omniglot {args.num_classes}-way 1-shot")
   ax.legend(fontsize=8)
   fig.tight_layout()
-  fig.savefig(os.path.join(args.workdir, "learning_curve.png"), dpi=100)
+  fig.savefig(run.output("learning_curve.png"), dpi=100)
   plt.close(fig)
 
 

@@ -12,9 +12,9 @@ with, moved here unchanged so that the shipped weights
 * :func:`few_shot_evaluator`, :func:`episode_metrics`, :func:`mean_ci95` —
   N-way 1-shot accuracy of a MetaNet (``experiments/omniglot_metanet.py``).
 
-Every protocol draws its test data from a fixed key (:data:`EVAL_KEY` in the
-experiments), so the same weights always meet the same test sequences or
-episodes.
+Every protocol draws its test data from a fixed key (:func:`memjax.training.eval_key`,
+the seed :data:`EVAL_KEY`), so the same weights always meet the same test
+sequences or episodes.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from memjax import tasks
+from memjax import tasks, training
 from memjax.data import episodes as episodes_lib
 from memjax.tasks.omniglot import mann_loss, per_instance_counts
 
@@ -41,8 +41,8 @@ __all__ = [
     "sequence_metrics",
 ]
 
-# The experiments' evaluation seed: never a training key (those are fold_in(key(seed), step)).
-EVAL_KEY = 2**31 - 1
+# The experiments' evaluation seed (training.EVAL_SEED): never a training key.
+EVAL_KEY = training.EVAL_SEED
 
 
 # ----------------------------------------------------------------------------

@@ -22,6 +22,11 @@ TINY_COPY = ["--memory-size", "8", "--word-size", "4", "--controller-features", 
              "--eval-sequences", "4", "--generalisation-lengths", "3,6", "--checkpoint-every", "1000",
              "--no-progress"]
 
+TINY_METANET = ["--train-split", "small1", "--test-split", "small1", "--filters", "4", "--num-blocks", "1",
+                "--hidden", "8", "--fast-layers", "fc", "--num-query", "2", "--eval-every", "1",
+                "--curve-episodes", "2", "--eval-episodes", "4", "--test-num-classes", "3",
+                "--log-every", "1", "--checkpoint-every", "1000", "--no-progress"]
+
 
 def tiny_mann(omniglot_dir, workdir) -> list[str]:
   return ["--data-dir", str(omniglot_dir), "--train-split", "small1", "--test-split", "small1",
@@ -91,6 +96,31 @@ def test_mann_sigterm_exits_143_with_partial_results(omniglot_dir, tmp_path):
   assert (workdir / "accuracy_by_instance.png").exists() and (workdir / "accuracy_curve.png").exists()
 
 
+@pytest.mark.slow
+def test_metanet_sigterm_exits_143_with_partial_results_and_resumes(omniglot_dir, tmp_path):
+  workdir = tmp_path / "run"
+  argv = [sys.executable, str(ROOT / "experiments" / "omniglot_metanet.py"), *TINY_METANET,
+          "--data-dir", str(omniglot_dir), "--workdir", str(workdir)]
+  proc = _interrupt(argv + ["--steps", "1000000"], workdir, signal.SIGTERM, _env(tmp_path))
+  assert proc.returncode == 143, proc.stderr[-3000:]
+  assert "Traceback" not in proc.stderr
+  results = json.loads((workdir / "results.json").read_text())
+  assert results["interrupted"] is True and results["signal"] == "SIGTERM"
+  assert results["test_accuracy"] is None and results["k_way"] == {}  # the tests were skipped
+  assert results["last_curve_point"]["step"] <= results["steps"]
+  steps = results["steps"]
+  assert max(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit()) == steps
+  assert (workdir / "learning_curve.png").exists()
+  assert f"results in {workdir}/" in proc.stdout and "--resume" in proc.stdout
+  proc = subprocess.run(argv + ["--steps", str(steps + 2), "--resume", "--no-plots"], env=_env(tmp_path),
+                        capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  results = json.loads((workdir / "results.json").read_text())
+  assert results["interrupted"] is False and results["steps"] == steps + 2
+  assert results["eval_episodes"] == 4 and sorted(results["k_way"]) == ["3"]
+  assert "testing 5-way 1-shot on 4 episodes" in proc.stdout
+
+
 @pytest.mark.parametrize("via_env", [False, True])
 def test_missing_data_dir_is_a_short_error_exit_2_and_creates_nothing(tmp_path, capsys, monkeypatch,
                                                                        via_env):
@@ -152,7 +182,7 @@ def test_an_old_run_folder_with_episode_counts_resumes(omniglot_dir, tmp_path):
     exp.main(argv + ["--resume", "--steps", "4", "--lr-drop-steps", "2"])
 
 
-@pytest.mark.parametrize("name", ["copy_task", "omniglot_mann", "reproduce"])
+@pytest.mark.parametrize("name", ["copy_task", "omniglot_mann", "omniglot_metanet", "reproduce"])
 def test_help_shows_every_default(name):
   parser = reproduce.build_parser() if name == "reproduce" else export.load_experiment(name).build_parser()
   formatter = parser._get_formatter()
@@ -161,7 +191,7 @@ def test_help_shows_every_default(name):
       continue
     text = formatter._format_action(action)
     assert "(default" in text, (name, action.option_strings, text)
-  if name == "omniglot_mann":  # the split choices are listed
+  if name in ("omniglot_mann", "omniglot_metanet"):  # the split choices are listed
     assert "{train,test,background,evaluation,small1,small2}" in parser.format_help()
 
 

@@ -208,7 +208,7 @@ def argv_of(omniglot_dir, workdir):
           "--batch-size", "2", "--eval-every", "2", "--eval-episodes", "4",
           "--eval-batch", "2", "--memory-size", "8", "--word-size", "4", "--read-heads", "2",
           "--controller-features", "8", "--log-every", "2", "--workdir", str(workdir), "--no-progress",
-          "--no-plots", "--optimizer", "adam", "--episodes", "8"]
+          "--no-plots", "--optimizer", "adam", "--steps", "4"]
 
 
 def test_experiment_smoke(omniglot_dir, tmp_path):
@@ -224,15 +224,15 @@ def test_experiment_smoke(omniglot_dir, tmp_path):
   records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
   assert any("eval_acc_1st" in r for r in records)
   # Resume with a lower learning rate: a step of the schedule, recorded; training time adds up.
-  argv = argv_of(omniglot_dir, workdir)[:-2]  # without "--episodes 8"
-  exp.main(argv + ["--episodes", "12", "--resume", "--lr", "1e-4"])
+  argv = argv_of(omniglot_dir, workdir)[:-2]  # without "--steps 4"
+  exp.main(argv + ["--steps", "6", "--resume", "--lr", "1e-4"])
   config = json.loads((workdir / "config.json").read_text())
   assert config["lr_history"] == [[0, 1e-3], [4, 1e-4]]
   records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
   train_s = [r["train_seconds"] for r in records if "train_seconds" in r]
   assert len(train_s) == 3 and train_s == sorted(train_s)
   with pytest.raises(SystemExit):  # another model on resume is refused
-    exp.main(argv + ["--episodes", "12", "--resume", "--write", "key"])
+    exp.main(argv + ["--steps", "6", "--resume", "--write", "key"])
 
 
 @pytest.mark.parametrize("argv", [["--model", "gru"], ["--batch-size", "0"], ["--lr", "-1"],

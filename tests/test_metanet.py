@@ -567,8 +567,26 @@ def test_experiment_resume_and_eval_only_accept_the_workdir_relative_or_absolute
   assert module.run_config(parser, args) == {**config, "workdir": absolute}
   assert args.filters == 8 and args.workdir == absolute  # the run's flags, the directory as given
   with pytest.raises(SystemExit) as e:  # another configuration is still refused
-    module.run_config(parser, parser.parse_args(["--workdir", absolute, "--resume"]))
+    args = parser.parse_args(["--workdir", absolute, "--resume"])
+    module.open_run(parser, args, module.run_config(parser, args))
   assert e.value.code == 2
+  assert json.loads((tmp_path / "run" / "config.json").read_text()) == config  # untouched
+  # The same configuration resumes, the folder given relative or absolute.
+  args = parser.parse_args(["--workdir", absolute, "--resume", "--filters", "8"])
+  run = module.open_run(parser, args, module.run_config(parser, args))
+  assert run.saved_config == config and run.config == {**config, "workdir": absolute}
+
+
+def test_experiment_resume_refuses_a_run_of_the_earlier_metanet(tmp_path, capsys):
+  module = experiment()
+  parser = module.build_parser()
+  config = module.run_config(parser, parser.parse_args(["--workdir", str(tmp_path)]))
+  del config["fast_weights"]  # as the code before "raw" fast weights wrote it
+  (tmp_path / "config.json").write_text(json.dumps(config))
+  args = parser.parse_args(["--workdir", str(tmp_path), "--resume"])
+  with pytest.raises(SystemExit) as e:
+    module.open_run(parser, args, module.run_config(parser, args))
+  assert e.value.code == 2 and "earlier MetaNet" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("flags", [["--num-classes", "7"], ["--batch-size", "0"],
