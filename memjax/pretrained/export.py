@@ -37,6 +37,7 @@ from types import ModuleType
 import jax
 import jax.numpy as jnp
 
+from memjax import cli
 from memjax.pretrained import _registry
 
 # Experiment script -> a key its config.json always has (and the others never do).
@@ -280,7 +281,7 @@ def _memjax_version() -> str:
 def build_parser() -> argparse.ArgumentParser:
   p = argparse.ArgumentParser(prog="python -m memjax.pretrained.export",
                               description=__doc__.split("\n\n")[0],
-                              formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                              formatter_class=cli.HelpFormatter)
   p.add_argument("--workdir", required=True, help="the experiment run directory")
   p.add_argument("--name", required=True, help="registry name, e.g. ntm-copy")
   p.add_argument("--table", required=True, help="the table it reproduces (python -m memjax.reproduce --help)")
