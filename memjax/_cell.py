@@ -82,11 +82,13 @@ class MemoryCell(nn.RNNCellBase):
     return 1
 
   def _carry_shapes(self, batch: tuple[int, ...]) -> dict[str, tuple[int, ...]]:
-    raise NotImplementedError
+    """Abstract: each cell (NTMCell, MANNCell) gives its carry's shapes for batch axes ``batch``."""
+    raise NotImplementedError(f"{type(self).__name__} must define _carry_shapes")
 
   @property
   def _num_reads(self) -> int:
-    raise NotImplementedError
+    """Abstract: each cell gives its number of read heads R (the controller reads [R, M])."""
+    raise NotImplementedError(f"{type(self).__name__} must define _num_reads")
 
   def _check_step(self, carry, inputs) -> tuple[jax.Array, tuple[int, ...]]:
     """Validates one step's arguments.
