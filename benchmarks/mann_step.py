@@ -8,9 +8,15 @@ synthetic episodes. Variants compute the same loss and gradients
 * ``previous``: ``nn.RNN(MANNCell)`` with autodiff through the LRUA step — the
   train step before ``memjax.mann.unroll`` and the hand-written LRUA backward;
 * ``unroll``: :func:`memjax.mann.unroll` (the controller's input projection and
-  the output layer as single matmuls outside the ``lax.scan``), autodiff LRUA;
+  the output layer as single matmuls outside the ``lax.scan``; the weight
+  gradients of the matmuls inside it, W_rh and the head projections, formed
+  once after the backward loop), autodiff LRUA;
 * ``custom_vjp``: ``nn.RNN(MANNCell)`` with the hand-written LRUA backward;
-* ``current``: both — what ``experiments/omniglot_mann.py`` trains with.
+* ``unroll_v1``: ``unroll(..., hoist_weight_grads=False)`` (the in-loop weight
+  gradients accumulated step by step by autodiff) with the hand-written LRUA
+  backward — ``current`` before the in-loop weight gradients were hoisted;
+* ``current``: ``unroll`` with the hand-written LRUA backward — what
+  ``experiments/omniglot_mann.py`` trains with.
 
 Timed runs alternate (previous, unroll, …, previous, …) in one process; the
 table gives median ms/step, episodes/s and the speed relative to ``previous``.
@@ -26,7 +32,7 @@ import contextlib
 from benchmarks import common, throughput_mann
 from memjax.cli import int_list
 
-VARIANTS = ("previous", "unroll", "custom_vjp", "current")
+VARIANTS = ("previous", "unroll", "custom_vjp", "unroll_v1", "current")
 
 
 @contextlib.contextmanager
@@ -50,7 +56,8 @@ def build(variant: str, batch: int, *, seq_len: int = 50, classes: int = 5, imag
   if quick:
     cfg.update(memory_size=16, word_size=8, read_heads=2, controller=16)
   with _autodiff_lrua(variant in ("previous", "unroll")):
-    js = throughput_mann.build_step(cfg, seed, unroll=variant in ("unroll", "current"))
+    js = throughput_mann.build_step(cfg, seed, unroll=variant in ("unroll", "unroll_v1", "current"),
+                                    hoist_weight_grads=variant != "unroll_v1")
   state, loss, _, _ = js.executable(js.state)
   return js.executable, state, js.compiled.total_s, float(loss)
 
