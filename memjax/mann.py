@@ -353,9 +353,10 @@ def unroll(cell: MANNCell, variables, inputs: jax.Array, *, hoist_weight_grads: 
     single matmuls too;
   * inside the loop stay the recurrent controller matmul
     z_t = [r_{t−1}, h_{t−1}] W_rh + W_x x_t + b (W_rh [R·M + C, 4C], the four
-    gates side by side), one matmul for all head projections
-    [k_t | a_t | α_t] = h_t [W_k | W_a | W_α] + b ([C, 2·R·M + R]; without
-    W_a when ``write='key'``), the LSTM gates and LRUA;
+    gates side by side), one matmul for the pre-activations of all heads'
+    keys, add vectors and write gates, h_t [W_k | W_a | W_α] + [b_k | b_a | b_α]
+    ([C, 2·R·M + R]; without W_a when ``write='key'``), the LSTM gates and
+    LRUA;
   * with ``hoist_weight_grads`` (the default) the loop is ``_scan_dense``:
     the weight gradients of W_rh and of the head projections are formed once,
     after the backward loop, as one matmul over all T steps and the batch
