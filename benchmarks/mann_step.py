@@ -8,23 +8,12 @@ synthetic episodes. Variants compute the same loss and gradients
 * ``previous``: ``nn.RNN(MANNCell)`` with autodiff through the LRUA step — the
   train step before ``memjax.mann.unroll`` and the hand-written LRUA backward;
 * ``unroll``: :func:`memjax.mann.unroll` (the controller's input projection and
-  the output layer as single matmuls outside the ``lax.scan``; the weight
-  gradients of the matmuls inside it, W_rh and the head projections, formed
-  once after the backward loop), autodiff LRUA;
+  the output layer as single matmuls outside the ``lax.scan``), autodiff LRUA;
 * ``custom_vjp``: ``nn.RNN(MANNCell)`` with the hand-written LRUA backward;
-* ``unroll_v1``: ``unroll(..., hoist_weight_grads=False)`` (the in-loop weight
-  gradients accumulated step by step by autodiff) with the hand-written LRUA
-  backward — ``current`` before the in-loop weight gradients were hoisted;
-* ``current``: ``unroll`` with the hand-written LRUA backward — what
-  ``experiments/omniglot_mann.py`` trains with.
+* ``current``: both — what ``experiments/omniglot_mann.py`` trains with.
 
 Timed runs alternate (previous, unroll, …, previous, …) in one process; the
-table gives median ms/step, episodes/s, the speed relative to ``previous`` and
-the minor page faults per step (memory the step touches for the first time:
-large per-step buffers that the allocator returned to the system and gets
-back zeroed at every step). ``--keep-freed-memory`` keeps freed memory in the
-process for the whole run (:func:`keep_freed_memory`), for every variant; time
-a run with it against one without.
+table gives median ms/step, episodes/s and the speed relative to ``previous``.
 
     python -m benchmarks.mann_step --batches 16,64 --out runs/bench_mann_step
 """
@@ -33,52 +22,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import ctypes
 
 from benchmarks import common, throughput_mann
 from memjax.cli import int_list
 
-VARIANTS = ("previous", "unroll", "custom_vjp", "unroll_v1", "current")
-
-
-def keep_freed_memory() -> bool:
-  """Makes glibc's malloc keep the memory it frees: one arena for all threads,
-  no separate mmap for large blocks, no trimming of the heap.
-
-  XLA allocates a train step's large per-step buffers (the residuals of the
-  time loop: tens of MB at batch 16) at every call; by default glibc maps and
-  unmaps them (or a thread's arena trims them), so each step page-faults and
-  zero-fills them again. Call before the first computation; it applies to the
-  whole process. Returns False where it cannot be applied (no glibc).
-  """
-  try:
-    libc = ctypes.CDLL("libc.so.6")
-  except OSError:
-    return False
-  m_trim_threshold, m_mmap_threshold, m_arena_max = -1, -3, -8  # <malloc.h>
-  settings = ((m_arena_max, 1), (m_mmap_threshold, 1 << 30), (m_trim_threshold, 1 << 30))
-  return all(libc.mallopt(option, value) == 1 for option, value in settings)
-
-
-def page_faults_per_step(step, state, steps: int = 2, warmup: int = 5):
-  """``(minor page faults per call of step, state)`` over ``steps`` calls after ``warmup`` calls
-  (None without ``resource``)."""
-  import jax
-
-  def run(state, n):
-    for _ in range(n):
-      state, loss, *_ = step(state)
-    jax.block_until_ready(loss)
-    return state
-
-  try:
-    import resource
-  except ImportError:  # not Unix
-    return None, state
-  state = run(state, warmup)  # the allocator's heap grows during the first calls
-  before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-  state = run(state, steps)
-  return (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / steps, state
+VARIANTS = ("previous", "unroll", "custom_vjp", "current")
 
 
 @contextlib.contextmanager
@@ -96,32 +44,22 @@ def _autodiff_lrua(enabled: bool):
 
 def build(variant: str, batch: int, *, seq_len: int = 50, classes: int = 5, image_size: int = 20,
           quick: bool = False, seed: int = 0):
-  """Compiled Adam step of one variant: ``(step(state) -> (state, loss, ...), state, compile_s, first_loss,
-  page_faults_per_step)`` (:func:`benchmarks.throughput_mann.build_step`; quick: memory 16 × 8, 2 heads,
-  LSTM 16)."""
+  """Compiled Adam step of one variant: ``(step(state) -> (state, loss), state, compile_s, first_loss)``
+  (:func:`benchmarks.throughput_mann.build_step`; quick: memory 16 × 8, 2 heads, LSTM 16)."""
   cfg = dict(throughput_mann.CONFIG, batch=batch, seq_len=seq_len, num_classes=classes, image_size=image_size)
   if quick:
     cfg.update(memory_size=16, word_size=8, read_heads=2, controller=16)
   with _autodiff_lrua(variant in ("previous", "unroll")):
-    js = throughput_mann.build_step(cfg, seed, unroll=variant in ("unroll", "unroll_v1", "current"),
-                                    hoist_weight_grads=variant != "unroll_v1")
+    js = throughput_mann.build_step(cfg, seed, unroll=variant in ("unroll", "current"))
   state, loss, _, _ = js.executable(js.state)
-  faults, state = page_faults_per_step(js.executable, state)
-  return js.executable, state, js.compiled.total_s, float(loss), faults
+  return js.executable, state, js.compiled.total_s, float(loss)
 
 
 def compare(batch: int, variants, *, rounds: int, run_s: float, quick: bool) -> list[dict]:
-  faults = {}
-
-  def build_one(v):
-    built = build(v, batch, quick=quick)
-    faults[v] = built[4]
-    return built
-
-  got = common.compare_variants(build_one, variants, rounds=rounds, run_s=run_s)
+  got = common.compare_variants(lambda v: build(v, batch, quick=quick), variants, rounds=rounds, run_s=run_s)
   return [{"variant": v, "batch": batch, "ms_per_step": r["step_s"] * 1e3, "episodes_per_s": batch / r["step_s"],
-           "speed_vs_previous": r["speed"], "compile_s": r["compile_s"], "first_loss": r["first_loss"],
-           "page_faults_per_step": faults[v]} for v, r in got.items()]
+           "speed_vs_previous": r["speed"], "compile_s": r["compile_s"], "first_loss": r["first_loss"]}
+          for v, r in got.items()]
 
 
 def main(argv=None) -> list[dict]:
@@ -132,16 +70,12 @@ def main(argv=None) -> list[dict]:
   p.add_argument("--variants", default=",".join(VARIANTS), help=f"'previous' first, then any of {VARIANTS}")
   p.add_argument("--rounds", type=int, default=None, help="alternating rounds (default 7; quick: 1)")
   p.add_argument("--run-seconds", type=float, default=None, help="seconds per timed run (default 1; quick: 0.05)")
-  p.add_argument("--keep-freed-memory", action="store_true",
-                 help="keep freed memory in the process (glibc mallopt), for every variant")
   p.add_argument("--out", default="runs/bench_mann_step")
   args = p.parse_args(argv)
   variants = [v.strip() for v in args.variants.split(",") if v.strip()]
   if sorted(set(variants) - set(VARIANTS)) or variants[:1] != ["previous"]:
     p.error(f"--variants: expected 'previous' first, then any of {VARIANTS}; got {variants}")
   q = args.quick
-  if args.keep_freed_memory and not keep_freed_memory():
-    p.error("--keep-freed-memory: glibc's mallopt is not available here")
   rows = []
   for b in args.batches or ([2] if q else [16, 64]):
     rows += compare(b, variants, rounds=args.rounds or (1 if q else 7), run_s=args.run_seconds or (0.05 if q else 1.0),
@@ -149,14 +83,10 @@ def main(argv=None) -> list[dict]:
     common.log(f"batch {b}: " + ", ".join(f"{r['variant']} {r['speed_vs_previous']:.2f}×"
                                          for r in rows[-len(variants):]))
   common.write_variants_report(
-      args.out, "mann_step", "MANN Omniglot train step: current vs previous"
-      + (" (freed memory kept)" if args.keep_freed_memory else ""),
-      ["batch", "variant", "ms/step", "episodes/s", "speed vs previous", "page faults/step", "compile s",
-       "first loss"],
+      args.out, "mann_step", "MANN Omniglot train step: current vs previous",
+      ["batch", "variant", "ms/step", "episodes/s", "speed vs previous", "compile s", "first loss"],
       [[r["batch"], r["variant"], f"{r['ms_per_step']:.1f}", f"{r['episodes_per_s']:.0f}",
-        f"{r['speed_vs_previous']:.2f}×", "n/a" if r["page_faults_per_step"] is None
-        else f"{r['page_faults_per_step']:.0f}", f"{r['compile_s']:.1f}", f"{r['first_loss']:.6f}"]
-       for r in rows], rows)
+        f"{r['speed_vs_previous']:.2f}×", f"{r['compile_s']:.1f}", f"{r['first_loss']:.6f}"] for r in rows], rows)
   return rows
 
 

@@ -48,14 +48,12 @@ def episodes(key, batch: int, seq_len: int, num_classes: int, image_size: int):
   return jnp.concatenate([images, prev], axis=-1), labels
 
 
-def build_step(cfg: dict = CONFIG, seed: int = 0, *, unroll: bool = True,
-               hoist_weight_grads: bool = True) -> common.TrainStep:
+def build_step(cfg: dict = CONFIG, seed: int = 0, *, unroll: bool = True) -> common.TrainStep:
   """The memjax MANN (LRUA) Omniglot-shaped train step, compiled (compile timed apart).
 
   ``mann.unroll(MANNCell)`` (``nn.RNN``'s logits with the input projection and
   the output layer outside the scan, as the Omniglot experiment trains; with
-  ``unroll=False``, ``nn.RNN(MANNCell)`` itself; ``hoist_weight_grads`` as in
-  :func:`memjax.mann.unroll`) over B synthetic
+  ``unroll=False``, ``nn.RNN(MANNCell)`` itself) over B synthetic
   :func:`episodes` of T steps drawn on device inside the step,
   ``mann.mann_loss`` (softmax cross-entropy averaged over B·T), Adam 1e-3 after
   clipping every gradient component to ±10 (``training.make_step``).
@@ -68,7 +66,7 @@ def build_step(cfg: dict = CONFIG, seed: int = 0, *, unroll: bool = True,
                        num_read_heads=cfg["read_heads"], controller_features=cfg["controller"],
                        usage_decay=cfg["usage_decay"])
   model = nn.RNN(cell)
-  apply = (lambda p, x: mann.unroll(cell, p, x, hoist_weight_grads=hoist_weight_grads)) if unroll else model.apply
+  apply = (lambda p, x: mann.unroll(cell, p, x)) if unroll else model.apply
   shape = (cfg["batch"], cfg["seq_len"], cfg["num_classes"], cfg["image_size"])
   x, _ = episodes(jax.random.key(seed), *shape)
   params = model.init(jax.random.key(seed), x)

@@ -20,7 +20,7 @@ import optax
 import pytest
 
 from memjax.data import episodes as episodes_lib
-from memjax.mann import LSTMCell, MANNCell, MANNState, _scan_dense, mann_loss, trajectory, unroll
+from memjax.mann import LSTMCell, MANNCell, MANNState, mann_loss, trajectory, unroll
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import numpy_reference as ref  # noqa: E402
@@ -127,22 +127,19 @@ def test_rnn_shapes_jit_and_finite_gradients(small_params):
   assert np.all(np.isfinite(states.memory)) and np.all(states.usage > 0)
 
 
-@pytest.mark.parametrize("write,hoist", [("add", True), ("key", True), ("add", False)])
-def test_unroll_equals_nn_rnn_values_and_gradients(small_params, write, hoist):
-  """memjax.mann.unroll (hoisted input projection and output layer; in-loop weight gradients
-  formed after the backward loop, or by autodiff with hoist=False) == nn.RNN(cell)."""
+@pytest.mark.parametrize("write", ["add", "key"])
+def test_unroll_equals_nn_rnn_values_and_gradients(small_params, write):
+  """memjax.mann.unroll (hoisted input projection and output layer) == nn.RNN(cell)."""
   cell = MANNCell(**SMALL, write=write)
   model = nn.RNN(cell)
   x = jax.random.normal(jax.random.key(4), (2, 3, 20, IN))  # two batch axes
   targets = jax.random.randint(jax.random.key(5), (2, 3, 20), 0, 2)
   variables = model.init(jax.random.key(6), x)
-  fast = lambda v, x: unroll(cell, v, x, hoist_weight_grads=hoist)
   with jax.default_matmul_precision("highest"):
     want, want_g = jax.jit(jax.value_and_grad(lambda v: mann_loss(model.apply(v, x), targets)))(variables)
-    got, got_g = jax.jit(jax.value_and_grad(lambda v: mann_loss(fast(v, x), targets)))(variables)
-    np.testing.assert_allclose(fast(variables, x), model.apply(variables, x), rtol=1e-5, atol=1e-6)
+    got, got_g = jax.jit(jax.value_and_grad(lambda v: mann_loss(unroll(cell, v, x), targets)))(variables)
+    np.testing.assert_allclose(unroll(cell, variables, x), model.apply(variables, x), rtol=1e-5, atol=1e-6)
   np.testing.assert_allclose(got, want, rtol=1e-6)
-  assert jax.tree.structure(got_g) == jax.tree.structure(want_g)
   for g1, g2 in zip(jax.tree.leaves(got_g), jax.tree.leaves(want_g)):
     np.testing.assert_allclose(g1, g2, rtol=1e-4, atol=1e-6)
   assert ("add" in variables["params"]["cell"]) == (write == "add")
@@ -161,51 +158,6 @@ def test_unroll_gradients_of_any_cotangent_match_nn_rnn(small_params):
     got = jax.jit(jax.grad(lambda v, x: jnp.sum(unroll(cell, v, x) * ct), argnums=(0, 1)))(variables, x)
   for g1, g2 in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
     np.testing.assert_allclose(g1, g2, rtol=1e-4, atol=1e-6)
-
-
-def _toy_scan(hoist):
-  """A small recurrence through mann._scan_dense: two dense layers, a bias-free one with an offset."""
-  def step(dense, h, x):
-    h = jnp.tanh(dense(0, jnp.concatenate([h, x], -1)))
-    return h, jnp.sin(dense(1, h)) * x[..., :1]
-
-  def f(w0, w1, b1, offsets0, xs):
-    h0 = jnp.full((2, 3), 0.1)
-    offsets1 = jnp.zeros(xs.shape[:-1] + (2,))
-    return _scan_dense(step, h0, ({"kernel": w0}, {"kernel": w1, "bias": b1}), (offsets0, offsets1), xs,
-                       hoist=hoist)
-  return f, step
-
-
-def test_scan_dense_gradients_equal_autodiff_and_finite_differences():
-  from jax.test_util import check_grads
-  rng = np.random.default_rng(0)
-  args = (rng.normal(size=(7, 3)) * 0.5, rng.normal(size=(3, 2)), rng.normal(size=(2,)),
-          rng.normal(size=(5, 2, 3)), rng.normal(size=(5, 2, 4)))  # w0 [3+4, 3], w1, b1, offsets0 [T, B, 3], xs
-  args = tuple(jnp.asarray(a, jnp.float64 if jax.config.jax_enable_x64 else jnp.float32) for a in args)
-  hoisted, _ = _toy_scan(True)
-  plain, _ = _toy_scan(False)
-  with jax.default_matmul_precision("highest"):
-    np.testing.assert_allclose(hoisted(*args), plain(*args), rtol=1e-6)
-    ct = jnp.asarray(rng.normal(size=(5, 2, 2)), args[0].dtype)
-    want = jax.grad(lambda *a: jnp.sum(plain(*a) * ct), argnums=range(5))(*args)
-    got = jax.jit(jax.grad(lambda *a: jnp.sum(hoisted(*a) * ct), argnums=range(5)))(*args)
-    for g1, g2 in zip(got, want):
-      np.testing.assert_allclose(g1, g2, rtol=1e-5, atol=1e-6)
-    check_grads(hoisted, args, order=1, modes=["rev"], eps=1e-2, atol=2e-2, rtol=2e-2)
-
-
-def test_scan_dense_checks_the_dense_calls():
-  h0, xs = jnp.zeros((2, 3)), jnp.ones((4, 2, 3))
-  layers, offsets = ({"kernel": jnp.eye(3)},), (jnp.zeros((4, 2, 3)),)
-  twice = lambda dense, h, x: (dense(0, h) + dense(0, x), h)
-  never = lambda dense, h, x: (h, h)
-  with pytest.raises(ValueError, match="twice"):
-    _scan_dense(twice, h0, layers, offsets, xs)
-  with pytest.raises(ValueError, match="did not call"):
-    _scan_dense(never, h0, layers, offsets, xs)
-  with pytest.raises(ValueError, match="offsets"):
-    _scan_dense(never, h0, layers, (), xs)
 
 
 def test_write_mode_is_checked():
