@@ -171,21 +171,6 @@ def lr_of(config: dict) -> float:
   return config["lr"] if config.get("lr") is not None else DEFAULT_LR[config["optimizer"]]
 
 
-def record_lr(config: dict, old: dict | None, start_step: int) -> None:
-  """config.json's ``lr_history``, ``[[step, learning rate from that step on]]`` (``Run``'s ``amend``).
-
-  A new ``--lr`` on resume is a step of a piecewise-constant schedule (the
-  optimiser state is the same for any constant rate)."""
-  config["lr_history"] = [[0, lr_of(config)]]
-  if old is None:
-    return
-  config["lr_history"] = [list(x) for x in old.get("lr_history", [[0, lr_of(old)]])]
-  if lr_of(config) != config["lr_history"][-1][1]:
-    config["lr_history"] = [x for x in config["lr_history"] if x[0] < start_step] + [
-        [start_step, lr_of(config)]]
-    print(f"learning rate from step {start_step} on: {lr_of(config)} (was {lr_of(old)})", flush=True)
-
-
 def build_model(args, features: int) -> tuple[nn.RNN, nn.RNNCellBase]:
   if args.model == "mann":
     cell = MANNCell(features=features, memory_size=args.memory_size, word_size=args.word_size,
@@ -262,7 +247,7 @@ def main(argv=None) -> dict:
   config = {k: v for k, v in vars(args).items() if k not in ("resume", "no_progress", "no_plots")}
   run = training.Run(args.workdir, config, resume=args.resume, compare=RESUME_KEYS,
                      defaults={k: parser.get_default(k) for k in RESUME_KEYS}, upgrade=upgrade_config,
-                     amend=record_lr, error=parser.error)
+                     amend=training.lr_history(lr_of), error=parser.error)
 
   def eval_fn(p, step):
     # Training wall time so far, evaluations excluded, resumed invocations included:

@@ -133,7 +133,9 @@ def build_parser() -> argparse.ArgumentParser:
                  help="checkpoints, metrics.jsonl, results.json, learning_curve.png")
   p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --workdir")
   p.add_argument("--seed", type=int, default=0, help="parameter initialisation and training episodes")
-  p.add_argument("--lr", type=positive_float, default=1e-3, help="Adam learning rate")
+  p.add_argument("--lr", type=positive_float, default=1e-3,
+                 help="Adam learning rate; a new value with --resume applies from the checkpoint on "
+                      "(recorded in config.json's lr_history)")
   p.add_argument("--clip", type=positive_float, default=10.0, help="clip gradient components to ±clip")
   p.add_argument("--second-order", action="store_true",
                  help="differentiate through the meta information (gradients)")
@@ -212,10 +214,13 @@ def run_config(parser: argparse.ArgumentParser, args) -> dict:
 def open_run(parser: argparse.ArgumentParser, args, config: dict) -> training.Run:
   """The training run in ``--workdir`` (writes config.json). With ``--resume``
   every key but ``workdir`` (the same folder may be given as a relative or an
-  absolute path) must match the saved configuration."""
-  compare = [k for k in config if k != "workdir"]
+  absolute path) and ``lr`` must match the saved configuration; a new ``--lr``
+  applies from the checkpoint on and is recorded in config.json's
+  ``lr_history``."""
+  compare = [k for k in config if k not in ("workdir", "lr")]
   return training.Run(args.workdir, config, resume=args.resume, compare=compare,
-                      defaults={k: parser.get_default(k) for k in compare}, error=parser.error)
+                      defaults={k: parser.get_default(k) for k in compare},
+                      amend=training.lr_history(), error=parser.error)
 
 
 def load_images(parser: argparse.ArgumentParser, args) -> tuple[jax.Array, jax.Array]:

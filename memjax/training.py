@@ -477,6 +477,36 @@ class Interrupted(KeyboardInterrupt):
     self.exit_code = 128 + signum
 
 
+def lr_history(lr_of: Callable[[dict], float] = lambda config: config["lr"]
+               ) -> Callable[[dict, dict | None, int], None]:
+  """A :class:`Run` ``amend`` that keeps config.json's ``lr_history``,
+  ``[[step, learning rate from that step on], ...]``.
+
+  A new learning rate given on resume is a step of a piecewise-constant
+  schedule, applied from the checkpoint on (for optimisers whose state does not
+  depend on the rate — Adam, RMSProp — nothing else changes); the run's
+  configuration records every step so the schedule can be read back and
+  repeated.
+
+  Args:
+    lr_of: ``config -> learning rate`` (e.g. a per-optimiser default for
+      ``None``).
+
+  Returns:
+    ``amend(config, saved config or None, start step)``.
+  """
+  def amend(config: dict, old: dict | None, start_step: int) -> None:
+    config["lr_history"] = [[0, lr_of(config)]]
+    if old is None:
+      return
+    config["lr_history"] = [list(x) for x in old.get("lr_history", [[0, lr_of(old)]])]
+    if lr_of(config) != config["lr_history"][-1][1]:
+      config["lr_history"] = [x for x in config["lr_history"] if x[0] < start_step] + [
+          [start_step, lr_of(config)]]
+      print(f"learning rate from step {start_step} on: {lr_of(config)} (was {lr_of(old)})", flush=True)
+  return amend
+
+
 def _same(a, b, is_path: bool) -> bool:
   if is_path and isinstance(a, str) and isinstance(b, str):
     return os.path.realpath(os.path.expanduser(a)) == os.path.realpath(os.path.expanduser(b))

@@ -574,7 +574,25 @@ def test_experiment_resume_and_eval_only_accept_the_workdir_relative_or_absolute
   # The same configuration resumes, the folder given relative or absolute.
   args = parser.parse_args(["--workdir", absolute, "--resume", "--filters", "8"])
   run = module.open_run(parser, args, module.run_config(parser, args))
-  assert run.saved_config == config and run.config == {**config, "workdir": absolute}
+  assert run.saved_config == config
+  assert run.config == {**config, "workdir": absolute, "lr_history": [[0, 1e-3]]}
+
+
+def test_experiment_resume_with_a_new_lr_records_it_and_refuses_other_changes(tmp_path):
+  module = experiment()
+  parser = module.build_parser()
+  workdir = tmp_path / "run"
+  args = parser.parse_args(["--workdir", str(workdir), "--filters", "8"])
+  run = module.open_run(parser, args, module.run_config(parser, args))
+  assert run.config["lr_history"] == [[0, 1e-3]]
+  (workdir / "checkpoints" / "120").mkdir(parents=True)  # as if trained to step 120
+  args = parser.parse_args(["--workdir", str(workdir), "--filters", "8", "--resume", "--lr", "1e-4"])
+  run = module.open_run(parser, args, module.run_config(parser, args))
+  assert run.config["lr"] == 1e-4 and run.config["lr_history"] == [[0, 1e-3], [120, 1e-4]]
+  assert json.loads((workdir / "config.json").read_text())["lr_history"] == [[0, 1e-3], [120, 1e-4]]
+  with pytest.raises(SystemExit):  # anything else than the rate still has to match
+    args = parser.parse_args(["--workdir", str(workdir), "--filters", "8", "--resume", "--clip", "1"])
+    module.open_run(parser, args, module.run_config(parser, args))
 
 
 def test_experiment_resume_refuses_a_run_of_the_earlier_metanet(tmp_path, capsys):

@@ -219,3 +219,24 @@ def test_run_stops_on_a_signal_with_checkpoint_partial_results_and_exit_code(tmp
     run.write_results({})
   assert int(state.step) == 30 and not run.interrupted
   assert json.loads((tmp_path / "run" / "results.json").read_text())["interrupted"] is False
+
+
+def test_lr_history_records_each_new_learning_rate_from_its_resume_step(capsys):
+  amend = training.lr_history()
+  config = {"lr": 1e-3}
+  amend(config, None, 0)  # a new run
+  assert config["lr_history"] == [[0, 1e-3]]
+  resumed = {"lr": 1e-4}
+  amend(resumed, config, 500)  # resumed at step 500 with a lower rate
+  assert resumed["lr_history"] == [[0, 1e-3], [500, 1e-4]]
+  assert "from step 500 on: 0.0001 (was 0.001)" in capsys.readouterr().out
+  again = {"lr": 1e-4}
+  amend(again, resumed, 800)  # the same rate: nothing new
+  assert again["lr_history"] == [[0, 1e-3], [500, 1e-4]]
+  back = {"lr": 3e-4}
+  amend(back, resumed, 300)  # resumed from an earlier checkpoint: later steps are dropped
+  assert back["lr_history"] == [[0, 1e-3], [300, 3e-4]]
+  old = {"optimizer": "rmsprop", "lr": None}  # a run saved before lr_history, with a default rate
+  new = {"optimizer": "rmsprop", "lr": 1e-5}
+  training.lr_history(lambda c: c["lr"] or 1e-4)(new, old, 40)
+  assert new["lr_history"] == [[0, 1e-4], [40, 1e-5]]
