@@ -4,9 +4,9 @@ Defaults are the authors' Omniglot model and training: 28×28 images, base
 learner and embedding net of 5 conv blocks (64 3×3 filters) then FC 64 and
 FC N, fast weights on every layer, cross-entropy representation loss (one
 support example per class), Adam 1e-3 with gradients clipped at 10, one
-episode per update (as the authors' code), 10 queries per class, random 90°
-rotations as new classes during training, train on the 1,200 characters of
-the 1200/423 split (Table 1).
+episode per update (as the authors' code; ``--lr-drop-steps`` for a step
+decay), 10 queries per class, random 90° rotations as new classes during
+training, train on the 1,200 characters of the 1200/423 split (Table 1).
 
     python experiments/omniglot_metanet.py --data-dir /work/shared/data/omniglot
     python experiments/omniglot_metanet.py --num-classes 20 --workdir runs/metanet_20way
@@ -51,6 +51,7 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 from memjax import cli, evaluation, training
 from memjax.cli import non_negative_int, positive_float, positive_int, write_json
@@ -136,6 +137,9 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--lr", type=positive_float, default=1e-3,
                  help="Adam learning rate; a new value with --resume applies from the checkpoint on "
                       "(recorded in config.json's lr_history)")
+  p.add_argument("--lr-drop-steps", type=non_negative_int, default=0,
+                 help="multiply the learning rate by --lr-drop-factor after this many steps (0: never)")
+  p.add_argument("--lr-drop-factor", type=positive_float, default=0.1, help="see --lr-drop-steps")
   p.add_argument("--clip", type=positive_float, default=10.0, help="clip gradient components to ±clip")
   p.add_argument("--second-order", action="store_true",
                  help="differentiate through the meta information (gradients)")
@@ -221,6 +225,15 @@ def open_run(parser: argparse.ArgumentParser, args, config: dict) -> training.Ru
   return training.Run(args.workdir, config, resume=args.resume, compare=compare,
                       defaults={k: parser.get_default(k) for k in compare},
                       amend=training.lr_history(), error=parser.error)
+
+
+def make_optimizer(args) -> optax.GradientTransformation:
+  """Adam at ``--lr`` (times ``--lr-drop-factor`` from step ``--lr-drop-steps`` on),
+  gradient components clipped at ``--clip``."""
+  lr = args.lr
+  if args.lr_drop_steps:
+    lr = optax.piecewise_constant_schedule(lr, {args.lr_drop_steps: args.lr_drop_factor})
+  return training.make_optimizer("adam", lr, clip=args.clip)
 
 
 def load_images(parser: argparse.ArgumentParser, args) -> tuple[jax.Array, jax.Array]:
@@ -350,7 +363,7 @@ def main(argv=None) -> dict:
   train_images, test_images = load_images(parser, args)
   model = build_model(args)
   params = model.init(jax.random.key(args.seed), method=MetaNet.init_params)
-  optimizer = training.make_optimizer("adam", args.lr, clip=args.clip)
+  optimizer = make_optimizer(args)
   evaluate = make_evaluator(model, test_images, args)
   images = (train_images, test_images)
   if args.eval_only:  # no Run: nothing in --workdir changes but results_eval.json

@@ -595,6 +595,22 @@ def test_experiment_resume_with_a_new_lr_records_it_and_refuses_other_changes(tm
     module.open_run(parser, args, module.run_config(parser, args))
 
 
+@pytest.mark.parametrize("drop", [0, 3])
+def test_experiment_optimizer_drops_the_learning_rate_after_lr_drop_steps(drop):
+  module = experiment()
+  args = module.build_parser().parse_args(["--lr", "1e-2", "--lr-drop-steps", str(drop),
+                                           "--lr-drop-factor", "0.5"])
+  opt = module.make_optimizer(args)
+  params = {"w": jnp.zeros(3)}
+  state = opt.init(params)
+  sizes = []
+  for _ in range(5):  # a constant gradient: every Adam update is the learning rate itself
+    updates, state = opt.update({"w": jnp.full(3, 20.0)}, state, params)
+    sizes.append(float(-updates["w"][0]))
+  want = [1e-2] * 5 if drop == 0 else [1e-2] * 3 + [5e-3] * 2
+  np.testing.assert_allclose(sizes, want, rtol=1e-4)
+
+
 def test_experiment_resume_refuses_a_run_of_the_earlier_metanet(tmp_path, capsys):
   module = experiment()
   parser = module.build_parser()
