@@ -84,9 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--lr", type=positive_float, default=None,
                  help="learning rate (None: 1e-4 rmsprop, 1e-3 adam); a new value with --resume "
                       "applies from the checkpoint on (recorded in config.json's lr_history)")
-  p.add_argument("--lr-drop-steps", type=non_negative_int, default=0,
-                 help="multiply the learning rate by --lr-drop-factor after this many steps (0: never)")
-  p.add_argument("--lr-drop-factor", type=positive_float, default=0.1, help="see --lr-drop-steps")
+  cli.add_lr_drop_flags(p)
   p.add_argument("--clip", type=positive_float, default=10.0, help="clip gradient components to ±clip")
   p.add_argument("--steps", type=positive_int, default=100_000,
                  help="total training steps (optimizer updates of --batch-size episodes), counting "
@@ -222,9 +220,7 @@ class Task:
 
   def optimizer(self, config: dict) -> optax.GradientTransformation:
     args = self.args
-    lr = lr_of(config)
-    if args.lr_drop_steps:
-      lr = optax.piecewise_constant_schedule(lr, {args.lr_drop_steps: args.lr_drop_factor})
+    lr = training.step_decay(lr_of(config), args.lr_drop_steps, args.lr_drop_factor)
     return training.make_optimizer(args.optimizer, lr, clip=args.clip)
 
   def describe(self, record: dict) -> str | None:

@@ -137,9 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--lr", type=positive_float, default=1e-3,
                  help="Adam learning rate; a new value with --resume applies from the checkpoint on "
                       "(recorded in config.json's lr_history)")
-  p.add_argument("--lr-drop-steps", type=non_negative_int, default=0,
-                 help="multiply the learning rate by --lr-drop-factor after this many steps (0: never)")
-  p.add_argument("--lr-drop-factor", type=positive_float, default=0.1, help="see --lr-drop-steps")
+  cli.add_lr_drop_flags(p)
   p.add_argument("--clip", type=positive_float, default=10.0, help="clip gradient components to ±clip")
   p.add_argument("--second-order", action="store_true",
                  help="differentiate through the meta information (gradients)")
@@ -230,9 +228,7 @@ def open_run(parser: argparse.ArgumentParser, args, config: dict) -> training.Ru
 def make_optimizer(args) -> optax.GradientTransformation:
   """Adam at ``--lr`` (times ``--lr-drop-factor`` from step ``--lr-drop-steps`` on),
   gradient components clipped at ``--clip``."""
-  lr = args.lr
-  if args.lr_drop_steps:
-    lr = optax.piecewise_constant_schedule(lr, {args.lr_drop_steps: args.lr_drop_factor})
+  lr = training.step_decay(args.lr, args.lr_drop_steps, args.lr_drop_factor)
   return training.make_optimizer("adam", lr, clip=args.clip)
 
 

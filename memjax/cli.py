@@ -47,6 +47,14 @@ def parser(doc: str, **kwargs) -> argparse.ArgumentParser:
                                  **kwargs)
 
 
+def add_lr_drop_flags(p: argparse.ArgumentParser) -> None:
+  """``--lr-drop-steps`` and ``--lr-drop-factor``, the step decay of
+  :func:`memjax.training.step_decay`."""
+  p.add_argument("--lr-drop-steps", type=non_negative_int, default=0,
+                 help="multiply the learning rate by --lr-drop-factor after this many steps (0: never)")
+  p.add_argument("--lr-drop-factor", type=positive_float, default=0.1, help="see --lr-drop-steps")
+
+
 def load_omniglot(parser: argparse.ArgumentParser, data_dir: str | None, *splits: str,
                   image_size: int):
   """Loads Omniglot splits for an experiment; returns one ``[C, 20, S, S]`` array per split.

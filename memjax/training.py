@@ -86,6 +86,13 @@ def make_optimizer(name: str = "rmsprop", learning_rate: float | None = None, *,
 DATA_AXIS = "data"
 
 
+def step_decay(learning_rate: float, drop_steps: int, factor: float) -> float | optax.Schedule:
+  """``learning_rate``, times ``factor`` from step ``drop_steps`` on (0: constant)."""
+  if not drop_steps:
+    return learning_rate
+  return optax.piecewise_constant_schedule(learning_rate, {drop_steps: factor})
+
+
 def data_mesh(devices=None) -> Mesh:
   """A one-axis mesh named ``"data"`` over ``devices`` (default: all devices)."""
   devices = jax.devices() if devices is None else list(devices)
