@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from memjax import MANNCell, MetaNet, NTMCell, pretrained, tasks
+from memjax import MANNCell, MetaNet, NTMCell, pretrained, tasks, training
 from memjax.pretrained import export
 
 SHIPPED = sorted(p.stem for p in pretrained.PACKAGE_DIR.glob("*.json"))
@@ -74,6 +74,23 @@ def test_round_trip_from_a_trained_run_gives_the_same_logits(tiny_copy_run, tmp_
   assert "tiny-copy" in pretrained.available()
   again = pretrained.load("tiny-copy")
   jax.tree.map(np.testing.assert_array_equal, again.variables, pre.variables)
+
+
+@pytest.mark.parametrize("script", ["omniglot_mann", "omniglot_metanet"])
+def test_export_restores_runs_trained_with_a_learning_rate_drop(script):
+  """A run with ``--lr-drop-steps`` checkpoints the schedule's step count in its
+  optimiser state; the export must build that optimiser (not a constant-rate
+  one), or restoring the checkpoint fails on the state's structure."""
+  module = export.load_experiment(script)
+  params = {"w": jnp.zeros(3)}
+  structure = lambda config: jax.tree.structure(export.build_run_model(
+      script, module, export.run_args(module, {"num_classes": 5, **config}))[2].init(params))
+  args = export.run_args(module, {"num_classes": 5, "lr_drop_steps": 4})
+  name = getattr(args, "optimizer", "adam")
+  expected = training.make_optimizer(name, training.step_decay(1e-3, 4, args.lr_drop_factor),
+                                     clip=args.clip).init(params)
+  assert structure({"lr_drop_steps": 4}) == jax.tree.structure(expected)
+  assert structure({"lr_drop_steps": 4}) != structure({})
 
 
 def test_export_cli_writes_both_files_and_refuses_to_overwrite(tiny_copy_run, tmp_path, capsys):

@@ -108,14 +108,16 @@ def build_run_model(script: str, module: ModuleType, args: argparse.Namespace):
     model, _ = module.build_model(args, features)
     steps = args.num_classes * args.samples_per_class
     inputs = (jax.ShapeDtypeStruct((1, steps, args.image_size ** 2 + features), jnp.float32),)
-    optimizer = training.make_optimizer(args.optimizer, args.lr, clip=args.clip)
+    # The run's step decay (--lr-drop-steps) is part of the optimiser state's structure.
+    lr = training.step_decay(module.lr_of(vars(args)), args.lr_drop_steps, args.lr_drop_factor)
+    optimizer = training.make_optimizer(args.optimizer, lr, clip=args.clip)
   elif script == "omniglot_metanet":
     model = module.build_model(args)
     size, n = module.IMAGE_SIZE, args.num_classes
     inputs = (jax.ShapeDtypeStruct((n * module.NUM_SUPPORT, size, size, 1), jnp.float32),
               jax.ShapeDtypeStruct((n * module.NUM_SUPPORT,), jnp.int32),
               jax.ShapeDtypeStruct((n * args.num_query, size, size, 1), jnp.float32))
-    optimizer = training.make_optimizer("adam", args.lr, clip=args.clip)
+    optimizer = module.make_optimizer(args)
   else:
     raise ValueError(f"argument `script`: expected one of {sorted(EXPERIMENTS)}, got {script!r}")
   return model, inputs, optimizer
