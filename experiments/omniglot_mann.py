@@ -169,6 +169,13 @@ def lr_of(config: dict) -> float:
   return config["lr"] if config.get("lr") is not None else DEFAULT_LR[config["optimizer"]]
 
 
+def make_optimizer(args, lr: float) -> optax.GradientTransformation:
+  """``--optimizer`` at ``lr`` (times ``--lr-drop-factor`` from step ``--lr-drop-steps`` on),
+  gradients clipped at ``--clip``."""
+  return training.make_optimizer(args.optimizer, training.step_decay(lr, args.lr_drop_steps, args.lr_drop_factor),
+                                 clip=args.clip)
+
+
 def build_model(args, features: int) -> tuple[nn.RNN, nn.RNNCellBase]:
   if args.model == "mann":
     cell = MANNCell(features=features, memory_size=args.memory_size, word_size=args.word_size,
@@ -219,9 +226,7 @@ class Task:
     return {**{f"acc_{name}": acc[i] for i, name in enumerate(self.names)}, "loss": loss}
 
   def optimizer(self, config: dict) -> optax.GradientTransformation:
-    args = self.args
-    lr = training.step_decay(lr_of(config), args.lr_drop_steps, args.lr_drop_factor)
-    return training.make_optimizer(args.optimizer, lr, clip=args.clip)
+    return make_optimizer(self.args, lr_of(config))
 
   def describe(self, record: dict) -> str | None:
     """The progress bar's evaluation text: test accuracy by instance as measured."""

@@ -108,9 +108,8 @@ def build_run_model(script: str, module: ModuleType, args: argparse.Namespace):
     model, _ = module.build_model(args, features)
     steps = args.num_classes * args.samples_per_class
     inputs = (jax.ShapeDtypeStruct((1, steps, args.image_size ** 2 + features), jnp.float32),)
-    # The run's step decay (--lr-drop-steps) is part of the optimiser state's structure.
-    lr = training.step_decay(module.lr_of(vars(args)), args.lr_drop_steps, args.lr_drop_factor)
-    optimizer = training.make_optimizer(args.optimizer, lr, clip=args.clip)
+    # The run's own optimiser: its step decay (--lr-drop-steps) is part of the state's structure.
+    optimizer = module.make_optimizer(args, module.lr_of(vars(args)))
   elif script == "omniglot_metanet":
     model = module.build_model(args)
     size, n = module.IMAGE_SIZE, args.num_classes
