@@ -424,8 +424,9 @@ def finish(args, config, state, history, evaluate, images, times, run=None) -> d
     print(comparison_table(args.num_classes, results["test_accuracy"], results["test_ci95"], args))
   if k_way:
     print(k_way_table(k_way, args))
-  print(f"{results['steps']} updates ({results['episodes']} episodes); "
-        f"{results['episodes_per_hour'] and round(results['episodes_per_hour'])} episodes/hour")
+  rate = results["episodes_per_hour"]
+  print(f"{results['steps']} updates ({results['episodes']} episodes)"
+        + ("" if rate is None else f"; {round(rate)} episodes/hour"))
   if run is not None and not args.no_plots:
     run.step("plotting the learning curve", plot, run, args, always=True)
   return results

@@ -474,7 +474,7 @@ def experiment():
   return module
 
 
-def test_experiment_smoke(omniglot_dir, tmp_path, monkeypatch):
+def test_experiment_smoke(omniglot_dir, tmp_path, monkeypatch, capsys):
   module = experiment()
   calls = []  # (characters of the images, rotate) of every episode sampler call
   sampler = module.sample_few_shot
@@ -509,11 +509,15 @@ def test_experiment_smoke(omniglot_dir, tmp_path, monkeypatch):
   assert kw["10"]["paper_accuracy"] == 96.4 and kw["3"]["paper_accuracy"] is None
   assert all(0.0 <= r["test_accuracy"] <= 100.0 and r["eval_episodes"] == 4 for r in kw.values())
   # --eval-only re-evaluates the checkpoint with the run's configuration: same episodes, same numbers.
+  capsys.readouterr()
   again = module.main(["--data-dir", str(omniglot_dir), "--workdir", str(tmp_path), "--eval-only",
                        "--eval-episodes", "4", "--no-progress", "--test-num-classes", "10"])
   assert again["steps"] == 3 and again["test_accuracy"] == saved["test_accuracy"]
   assert again["k_way"]["10"]["test_accuracy"] == kw["10"]["test_accuracy"]
   assert json.loads((tmp_path / "results_eval.json").read_text())["k_way"]["10"] == again["k_way"]["10"]
+  # It trains nothing, so its summary gives no training rate (it printed "None episodes/hour").
+  summary = capsys.readouterr().out
+  assert "3 updates (3 episodes)" in summary and "None" not in summary and "episodes/hour" not in summary
   # The attention diagnostic reads the same run directory back.
   spec = importlib.util.spec_from_file_location("metanet_attention",
                                                 REPO / "experiments" / "metanet_attention.py")
