@@ -153,13 +153,21 @@ def test_deprecated_episode_flags_convert_to_steps(capsys):
   with pytest.raises(SystemExit) as info:
     exp.parse_args(parser, ["--episodes", "8", "--steps", "3"])
   assert info.value.code == 2
-  # The commands recorded with the shipped models still parse, to the same schedule.
-  recorded = json.loads((ROOT / "memjax/pretrained/models/mann-omniglot-5way.json").read_text())
-  args = exp.parse_args(parser, recorded["train"]["argv"])
+  # Commands recorded in episodes still parse, to the same schedule: an earlier mann-omniglot-5way's,
+  # and the shipped LSTM's (recorded as --episodes 172816).
+  old_argv = ["--optimizer", "adam", "--lr", "1e-3", "--lr-drop-episodes", "153600", "--episodes", "204800",
+              "--eval-every", "400", "--eval-episodes", "1000", "--checkpoint-every", "200"]
+  args = exp.parse_args(parser, old_argv)
   assert (args.steps, args.lr_drop_steps) == (204800 // 16, 153600 // 16)
-  assert recorded["steps"] == args.steps
+  lstm = json.loads((ROOT / "memjax/pretrained/models/lstm-omniglot-5way.json").read_text())
+  assert "--episodes" in lstm["train"]["argv"]
+  assert exp.parse_args(parser, lstm["train"]["argv"]).steps == lstm["steps"] == 10801
+  # Every shipped MANN-family command parses to the number of steps recorded with it.
+  for name in ("mann-omniglot-5way", "mann-omniglot-15way-string", "lstm-omniglot-5way"):
+    recorded = json.loads((ROOT / f"memjax/pretrained/models/{name}.json").read_text())
+    assert exp.parse_args(parser, recorded["train"]["argv"]).steps == recorded["steps"], name
   # memjax.reproduce's --train-args "--steps N" replaces a recorded --episodes.
-  argv = reproduce._set_flags(recorded["train"]["argv"], ["--steps", "7"], parser)
+  argv = reproduce._set_flags(lstm["train"]["argv"], ["--steps", "7"], parser)
   assert "--episodes" not in argv and exp.parse_args(parser, argv).steps == 7
   # Old run folders' config.json: episodes counts in today's keys.
   old = {"batch_size": 16, "episodes": 204800, "lr_drop_episodes": 153600}
