@@ -412,6 +412,7 @@ def finish(args, config, state, history, evaluate, images, times, run=None) -> d
   results = make_results(args, config, state, history, acc, k_way, images, times,
                          None if run is None else run.path)
   if run is None:
+    results.update(training_fields(args.workdir, results["steps"]))
     write_json(os.path.join(args.workdir, "results_eval.json"), results)
   else:
     run.write_results(results)
@@ -424,12 +425,29 @@ def finish(args, config, state, history, evaluate, images, times, run=None) -> d
     print(comparison_table(args.num_classes, results["test_accuracy"], results["test_ci95"], args))
   if k_way:
     print(k_way_table(k_way, args))
-  rate = results["episodes_per_hour"]
+  rate = results["episodes_per_hour"] if run is not None else None  # --eval-only trains nothing
   print(f"{results['steps']} updates ({results['episodes']} episodes)"
         + ("" if rate is None else f"; {round(rate)} episodes/hour"))
   if run is not None and not args.no_plots:
     run.step("plotting the learning curve", plot, run, args, always=True)
   return results
+
+
+TRAINING_FIELDS = ("episodes_per_hour", "train_seconds_this_invocation", "final_train")
+
+
+def training_fields(workdir: str, steps: int) -> dict:
+  """The training figures of the run's results.json, for ``--eval-only``'s
+  results_eval.json (which trains nothing): kept only when results.json
+  describes the same checkpoint (``steps``), else none."""
+  path = os.path.join(workdir, "results.json")
+  if not os.path.exists(path):
+    return {}
+  with open(path) as f:
+    saved = json.load(f)
+  if saved.get("steps") != steps:
+    return {}
+  return {k: saved[k] for k in TRAINING_FIELDS if k in saved}
 
 
 def _records(workdir: str) -> list[dict]:

@@ -515,6 +515,9 @@ def test_experiment_smoke(omniglot_dir, tmp_path, monkeypatch, capsys):
   assert again["steps"] == 3 and again["test_accuracy"] == saved["test_accuracy"]
   assert again["k_way"]["10"]["test_accuracy"] == kw["10"]["test_accuracy"]
   assert json.loads((tmp_path / "results_eval.json").read_text())["k_way"]["10"] == again["k_way"]["10"]
+  # ...and keeps the training figures of the same checkpoint's results.json (exported with --results).
+  for field in ("episodes_per_hour", "train_seconds_this_invocation", "final_train"):
+    assert again[field] == saved[field] is not None
   # It trains nothing, so its summary gives no training rate (it printed "None episodes/hour").
   summary = capsys.readouterr().out
   assert "3 updates (3 episodes)" in summary and "None" not in summary and "episodes/hour" not in summary
@@ -554,6 +557,20 @@ def test_experiment_eval_only_needs_a_run(tmp_path, capsys):
   with pytest.raises(SystemExit) as e:  # a run of the earlier, rescaled fast weights
     experiment().main(["--workdir", str(tmp_path), "--eval-only"])
   assert e.value.code == 2 and "earlier MetaNet" in capsys.readouterr().err
+
+
+def test_eval_only_training_fields_come_from_the_same_checkpoint(tmp_path):
+  """--eval-only's results_eval.json keeps results.json's training figures only
+  when both describe the same checkpoint (a resumed, unfinished run does not)."""
+  training_fields = experiment().training_fields
+  assert training_fields(str(tmp_path), 10) == {}  # no results.json
+  saved = {"steps": 10, "episodes_per_hour": 2400.0, "train_seconds_this_invocation": 15.0,
+           "final_train": {"loss": 0.1, "accuracy": 1.0}, "test_accuracy": 90.0}
+  (tmp_path / "results.json").write_text(json.dumps(saved))
+  assert training_fields(str(tmp_path), 10) == {
+      "episodes_per_hour": 2400.0, "train_seconds_this_invocation": 15.0,
+      "final_train": {"loss": 0.1, "accuracy": 1.0}}
+  assert training_fields(str(tmp_path), 11) == {}  # a later checkpoint than results.json
 
 
 def test_experiment_resume_and_eval_only_accept_the_workdir_relative_or_absolute(tmp_path, monkeypatch):
