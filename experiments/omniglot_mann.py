@@ -59,9 +59,9 @@ PAPER = {
 }
 # Keys of config.json that a --resume must not change.
 RESUME_KEYS = ("model", "label_mode", "num_classes", "samples_per_class", "batch_size", "optimizer",
-               "lr_drop_steps", "lr_drop_factor", "seed", "memory_size", "word_size", "read_heads",
-               "controller_features", "usage_decay", "write", "max_shift", "max_rotation", "image_size",
-               "train_split")
+               "lr_drop_steps", "lr_drop_factor", "lr_schedule", "seed", "memory_size", "word_size",
+               "read_heads", "controller_features", "usage_decay", "write", "max_shift", "max_rotation",
+               "image_size", "train_split")
 # Deprecated flags counted in episodes -> the flags in steps that replace them.
 DEPRECATED = {"--episodes": "--steps", "--lr-drop-episodes": "--lr-drop-steps"}
 
@@ -141,6 +141,7 @@ def parse_args(parser: argparse.ArgumentParser, argv=None) -> argparse.Namespace
     print(f"warning: --{old.replace('_', '-')} {value} is deprecated; it means "
           f"--{new.replace('_', '-')} {getattr(args, new)} (batch size {args.batch_size})",
           file=sys.stderr)
+  cli.check_lr_flags(parser, args)
   n = args.num_classes = args.num_classes or (5 if args.label_mode == "onehot" else 15)
   if args.label_mode == "string" and n > 5 ** 5:
     parser.error(f"--num-classes ({n}) must be at most 3125 for distinct string labels")
@@ -170,10 +171,10 @@ def lr_of(config: dict) -> float:
 
 
 def make_optimizer(args, lr: float) -> optax.GradientTransformation:
-  """``--optimizer`` at ``lr`` (times ``--lr-drop-factor`` from step ``--lr-drop-steps`` on),
-  gradients clipped at ``--clip``."""
-  return training.make_optimizer(args.optimizer, training.step_decay(lr, args.lr_drop_steps, args.lr_drop_factor),
-                                 clip=args.clip)
+  """``--optimizer`` at ``lr`` (times ``--lr-drop-factor`` from step ``--lr-drop-steps`` on,
+  or following ``--lr-schedule``), gradients clipped at ``--clip``."""
+  lr = training.step_decay(lr, args.lr_drop_steps, args.lr_drop_factor, args.lr_schedule)
+  return training.make_optimizer(args.optimizer, lr, clip=args.clip)
 
 
 def build_model(args, features: int) -> tuple[nn.RNN, nn.RNNCellBase]:

@@ -174,6 +174,7 @@ def parse_args(parser: argparse.ArgumentParser, argv=None) -> argparse.Namespace
   """The flags, checked; ``--test-num-classes`` as one sorted list."""
   args = parser.parse_args(argv)
   args.test_num_classes = sorted({k for ks in args.test_num_classes for k in ks})
+  cli.check_lr_flags(parser, args)
   if args.eval_only and args.resume:
     parser.error("--eval-only and --resume are exclusive (--eval-only trains nothing)")
   return args
@@ -226,9 +227,9 @@ def open_run(parser: argparse.ArgumentParser, args, config: dict) -> training.Ru
 
 
 def make_optimizer(args) -> optax.GradientTransformation:
-  """Adam at ``--lr`` (times ``--lr-drop-factor`` from step ``--lr-drop-steps`` on),
-  gradient components clipped at ``--clip``."""
-  lr = training.step_decay(args.lr, args.lr_drop_steps, args.lr_drop_factor)
+  """Adam at ``--lr`` (times ``--lr-drop-factor`` from step ``--lr-drop-steps`` on, or
+  following ``--lr-schedule``), gradient components clipped at ``--clip``."""
+  lr = training.step_decay(args.lr, args.lr_drop_steps, args.lr_drop_factor, args.lr_schedule)
   return training.make_optimizer("adam", lr, clip=args.clip)
 
 

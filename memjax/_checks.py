@@ -109,6 +109,27 @@ def unit_float(text) -> float:
   return _number(text, float, "a number in [0, 1]", lambda v: 0 <= v <= 1)
 
 
+def lr_schedule(text) -> list[list]:
+  """``STEP:LR[,STEP:LR...]``: from step STEP on, learning rate LR; steps
+  positive and increasing, rates positive, e.g. ``5000:1e-4,8000:1e-3``."""
+  out = []
+  for part in str(text).split(","):
+    step, sep, rate = part.strip().partition(":")
+    try:
+      step, rate = int(step), float(rate)
+    except ValueError:
+      step = rate = None
+    if not sep or step is None or step < 1 or not (math.isfinite(rate) and rate > 0):
+      raise argparse.ArgumentTypeError(
+          f"expected STEP:LR pairs (a positive integer step, a positive learning rate), "
+          f"comma-separated, got {part!r} in {text!r}")
+    if out and step <= out[-1][0]:
+      raise argparse.ArgumentTypeError(
+          f"expected increasing steps, got {step} after {out[-1][0]} in {text!r}")
+    out.append([step, rate])
+  return out
+
+
 def int_list(text) -> list[int]:
   """Comma-separated positive integers, e.g. ``20,40,80``."""
   try:

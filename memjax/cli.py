@@ -16,11 +16,11 @@ import json
 import os
 import sys
 
-from memjax._checks import (int_list, non_negative_float, non_negative_int, positive_float,
-                            positive_int, unit_float)
+from memjax._checks import (int_list, lr_schedule, non_negative_float, non_negative_int,
+                            positive_float, positive_int, unit_float)
 
-__all__ = ["HelpFormatter", "enable_compilation_cache", "int_list", "load_omniglot",
-           "non_negative_float", "non_negative_int", "parser", "positive_float", "positive_int",
+__all__ = ["HelpFormatter", "check_lr_flags", "enable_compilation_cache", "int_list", "load_omniglot",
+           "lr_schedule", "non_negative_float", "non_negative_int", "parser", "positive_float", "positive_int",
            "run", "unit_float", "write_json"]
 
 
@@ -48,11 +48,22 @@ def parser(doc: str, **kwargs) -> argparse.ArgumentParser:
 
 
 def add_lr_drop_flags(p: argparse.ArgumentParser) -> None:
-  """``--lr-drop-steps`` and ``--lr-drop-factor``, the step decay of
-  :func:`memjax.training.step_decay`."""
+  """``--lr-drop-steps`` and ``--lr-drop-factor`` (one drop) or ``--lr-schedule``
+  (any piecewise-constant schedule), the schedules of
+  :func:`memjax.training.step_decay`; :func:`check_lr_flags` rejects both."""
   p.add_argument("--lr-drop-steps", type=non_negative_int, default=0,
                  help="multiply the learning rate by --lr-drop-factor after this many steps (0: never)")
   p.add_argument("--lr-drop-factor", type=positive_float, default=0.1, help="see --lr-drop-steps")
+  p.add_argument("--lr-schedule", type=lr_schedule, default=None, metavar="STEP:LR[,STEP:LR...]",
+                 help="piecewise-constant learning rate: --lr until the first STEP, then each LR from its "
+                      "STEP on (e.g. 5000:1e-4,8000:1e-3,12000:1e-4; the same as changing --lr on --resume "
+                      "at those steps); exclusive with --lr-drop-steps")
+
+
+def check_lr_flags(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+  """Usage error (exit 2) for ``--lr-schedule`` together with ``--lr-drop-steps``."""
+  if getattr(args, "lr_schedule", None) and getattr(args, "lr_drop_steps", 0):
+    parser.error("--lr-schedule and --lr-drop-steps are exclusive (write the drop into the schedule)")
 
 
 def load_omniglot(parser: argparse.ArgumentParser, data_dir: str | None, *splits: str,

@@ -86,8 +86,25 @@ def make_optimizer(name: str = "rmsprop", learning_rate: float | None = None, *,
 DATA_AXIS = "data"
 
 
-def step_decay(learning_rate: float, drop_steps: int, factor: float) -> float | optax.Schedule:
-  """``learning_rate``, times ``factor`` from step ``drop_steps`` on (0: constant)."""
+def step_decay(learning_rate: float, drop_steps: int, factor: float,
+               schedule: Sequence[Sequence[float]] | None = None) -> float | optax.Schedule:
+  """``learning_rate``, times ``factor`` from step ``drop_steps`` on (0: constant).
+
+  With ``schedule`` ``[[step, lr], ...]`` (increasing steps, ``drop_steps`` 0)
+  the rate is ``learning_rate`` before the first step and each ``lr`` from its
+  step on (update ``step + 1`` is the first at ``lr``): the schedule a run
+  follows when ``--lr`` is changed on ``--resume`` at those steps
+  (:func:`lr_history` records them in the same form).
+  """
+  if schedule:
+    if drop_steps:
+      raise ValueError("arguments `drop_steps` and `schedule`: give one of them, not both")
+    steps = [int(s) for s, _ in schedule]
+    if steps != sorted(set(steps)) or steps[0] < 1:
+      raise ValueError(f"argument `schedule`: expected increasing positive steps, got {steps}")
+    boundaries = jnp.asarray(steps, jnp.int32)
+    rates = jnp.asarray([learning_rate, *(float(r) for _, r in schedule)], jnp.float32)
+    return lambda count: rates[jnp.searchsorted(boundaries, count, side="right")]
   if not drop_steps:
     return learning_rate
   return optax.piecewise_constant_schedule(learning_rate, {drop_steps: factor})

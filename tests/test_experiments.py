@@ -11,6 +11,8 @@ import sys
 import time
 from pathlib import Path
 
+import jax.numpy as jnp
+import numpy as np
 import pytest
 
 from memjax import _checks, cli, reproduce
@@ -140,6 +142,23 @@ def test_missing_data_dir_is_a_short_error_exit_2_and_creates_nothing(tmp_path, 
   assert "--data-dir" in err and "$MEMJAX_DATA_DIR" in err and "images_background_small1.zip" in err
   assert str(missing) in err
   assert not missing.exists() and not workdir.exists()
+
+
+def test_mann_lr_schedule_flag_builds_the_optimizer_and_is_exclusive_with_a_drop(capsys):
+  exp = export.load_experiment("omniglot_mann")
+  parser = exp.build_parser()
+  args = exp.parse_args(parser, ["--optimizer", "adam", "--lr-schedule", "2:1e-4"])
+  opt = exp.make_optimizer(args, exp.lr_of(vars(args)))
+  params = {"w": jnp.zeros(2)}
+  state, sizes = opt.init(params), []
+  for _ in range(3):  # gradients within the clip: each Adam update is the learning rate itself
+    updates, state = opt.update({"w": jnp.full(2, 2.0)}, state, params)
+    sizes.append(float(-updates["w"][0]))
+  np.testing.assert_allclose(sizes, [1e-3, 1e-3, 1e-4], rtol=1e-4)
+  assert "lr_schedule" in exp.RESUME_KEYS
+  with pytest.raises(SystemExit) as e:
+    exp.parse_args(parser, ["--lr-schedule", "2:1e-4", "--lr-drop-steps", "3"])
+  assert e.value.code == 2 and "exclusive" in capsys.readouterr().err
 
 
 def test_deprecated_episode_flags_convert_to_steps(capsys):

@@ -632,6 +632,42 @@ def test_experiment_optimizer_drops_the_learning_rate_after_lr_drop_steps(drop):
   np.testing.assert_allclose(sizes, want, rtol=1e-4)
 
 
+def test_experiment_lr_schedule_flag_drives_the_optimizer_and_is_checked(tmp_path, capsys):
+  module = experiment()
+  parser = module.build_parser()
+  args = module.parse_args(parser, ["--lr", "1e-2", "--lr-schedule", "2:1e-3,4:5e-3"])
+  assert args.lr_schedule == [[2, 1e-3], [4, 5e-3]]
+  opt = module.make_optimizer(args)
+  params = {"w": jnp.zeros(3)}
+  state, sizes = opt.init(params), []
+  for _ in range(6):  # a constant gradient: every Adam update is the learning rate itself
+    updates, state = opt.update({"w": jnp.full(3, 20.0)}, state, params)
+    sizes.append(float(-updates["w"][0]))
+  np.testing.assert_allclose(sizes, [1e-2, 1e-2, 1e-3, 1e-3, 5e-3, 5e-3], rtol=1e-4)
+  for flags, message in ((["--lr-schedule", "2:1e-3", "--lr-drop-steps", "3"], "exclusive"),
+                         (["--lr-schedule", "4:1e-3,2:1e-4"], "increasing steps"),
+                         (["--lr-schedule", "2=1e-3"], "STEP:LR"),
+                         (["--lr-schedule", "0:1e-3"], "STEP:LR"),
+                         (["--lr-schedule", "2:-1"], "STEP:LR")):
+    with pytest.raises(SystemExit) as e:
+      module.parse_args(parser, flags)
+    assert e.value.code == 2 and "--lr-schedule" in (err := capsys.readouterr().err) and message in err
+  # a run saved before the flag existed resumes (no schedule = the default); a schedule is config
+  workdir = tmp_path / "run"
+  args = module.parse_args(parser, ["--workdir", str(workdir), "--filters", "8"])
+  config = module.run_config(parser, args)
+  assert config["lr_schedule"] is None
+  del config["lr_schedule"]
+  workdir.mkdir()
+  (workdir / "config.json").write_text(json.dumps(config))
+  args = module.parse_args(parser, ["--workdir", str(workdir), "--filters", "8", "--resume"])
+  module.open_run(parser, args, module.run_config(parser, args))
+  with pytest.raises(SystemExit):
+    args = module.parse_args(parser, ["--workdir", str(workdir), "--filters", "8", "--resume",
+                                      "--lr-schedule", "5:1e-4"])
+    module.open_run(parser, args, module.run_config(parser, args))
+
+
 def test_experiment_resume_refuses_a_run_of_the_earlier_metanet(tmp_path, capsys):
   module = experiment()
   parser = module.build_parser()

@@ -286,3 +286,39 @@ def test_load_of_a_copied_registry_is_independent_of_the_package(tmp_path):
       shutil.copy(pretrained.PACKAGE_DIR / f"{name}.{ext}", tmp_path)
     a, b = pretrained.load(name), pretrained.load_file(tmp_path / f"{name}.json")
     jax.tree.map(np.testing.assert_array_equal, a.variables, b.variables)
+
+
+def _rate(config: dict, lr_of, step: int) -> float:
+  """The learning rate of update ``step + 1`` of a recorded run: its lr_history (rates given
+  on --resume) under its own step decay or schedule."""
+  rate = [r for s, r in config.get("lr_history") or [[0, lr_of(config)]] if s <= step][-1]
+  sched = training.step_decay(rate, config.get("lr_drop_steps", 0), config.get("lr_drop_factor", 0.1),
+                              config.get("lr_schedule"))
+  return float(sched(step)) if callable(sched) else sched
+
+
+@pytest.mark.parametrize("name", [n for n in SHIPPED if n.startswith(("mann", "lstm", "metanet"))])
+def test_shipped_train_command_repeats_the_runs_learning_rate_schedule(name):
+  """The one command a record gives reproduces the rates its run trained at, resumes included."""
+  c = pretrained.load(name).config
+  script = c["train"]["script"].removeprefix("experiments/").removesuffix(".py")
+  module = export.load_experiment(script)
+  parser = module.build_parser()
+  args = module.parse_args(parser, c["train"]["argv"])
+  assert args.steps == c["steps"]
+  lr_of = module.lr_of if hasattr(module, "lr_of") else (lambda config: config["lr"])
+  cmd = dict(vars(args), lr_history=None)
+  run = c["run_config"]
+  marks = {0, c["steps"] - 1, *(s for s, _ in run.get("lr_history", [])),
+           run.get("lr_drop_steps") or 0, *(s for s, _ in run.get("lr_schedule") or [])}
+  for step in sorted({m + d for m in marks for d in (-1, 0, 1) if 0 <= m + d < c["steps"]}):
+    np.testing.assert_allclose(_rate(cmd, lr_of, step), _rate(run, lr_of, step), rtol=1e-6,
+                               err_msg=f"{name}: learning rate at step {step}")
+
+
+def test_command_from_config_writes_an_lr_schedule_the_parser_reads_back():
+  module = export.load_experiment("omniglot_metanet")
+  config = {"lr_schedule": [[5463, 1e-4], [6965, 1e-3]], "num_classes": 20}
+  argv = export.command_from_config(module, "omniglot_metanet", config)
+  assert argv == ["--num-classes", "20", "--lr-schedule", "5463:0.0001,6965:0.001"]
+  assert module.parse_args(module.build_parser(), argv).lr_schedule == config["lr_schedule"]

@@ -240,3 +240,36 @@ def test_lr_history_records_each_new_learning_rate_from_its_resume_step(capsys):
   new = {"optimizer": "rmsprop", "lr": 1e-5}
   training.lr_history(lambda c: c["lr"] or 1e-4)(new, old, 40)
   assert new["lr_history"] == [[0, 1e-4], [40, 1e-5]]
+
+
+def test_step_decay_schedule_is_lr_history_applied_from_each_step():
+  sched = training.step_decay(1e-3, 0, 0.1, [[3, 1e-4], [5, 1e-3], [8, 2e-5]])
+  # update k + 1 runs at count k: the rate changes at the first update after each step
+  want = [1e-3] * 3 + [1e-4] * 2 + [1e-3] * 3 + [2e-5] * 2
+  np.testing.assert_allclose([float(sched(k)) for k in range(10)], want, rtol=1e-6)
+  assert float(sched(jnp.asarray(4))) == np.float32(1e-4)  # exact, not a product of factors
+  assert training.step_decay(1e-3, 0, 0.1, None) == 1e-3 == training.step_decay(1e-3, 0, 0.1, [])
+  with pytest.raises(ValueError, match="`drop_steps` and `schedule`"):
+    training.step_decay(1e-3, 4, 0.1, [[3, 1e-4]])
+  with pytest.raises(ValueError, match="increasing positive steps"):
+    training.step_decay(1e-3, 0, 0.1, [[5, 1e-4], [3, 1e-3]])
+
+
+def test_step_decay_schedule_inside_adam_equals_changing_the_rate_on_resume():
+  """One optimiser over a schedule takes the same updates as a run resumed with a new
+  constant rate at each step (Adam's state does not depend on the rate)."""
+  params = {"w": jnp.zeros(4)}
+  grads = [{"w": jnp.asarray([1.0, -2.0, 0.5, 3.0]) * (k + 1)} for k in range(6)]
+  scheduled = optax.adam(training.step_decay(1e-2, 0, 0.1, [[2, 1e-3], [4, 5e-3]]))
+  state, got = scheduled.init(params), []
+  for g in grads:
+    u, state = scheduled.update(g, state, params)
+    got.append(u["w"])
+  pieces, want, adam_state = [(1e-2, 2), (1e-3, 2), (5e-3, 2)], [], None
+  for rate, n in pieces:
+    opt = optax.adam(rate)
+    adam_state = opt.init(params) if adam_state is None else adam_state
+    for _ in range(n):
+      u, adam_state = opt.update(grads[len(want)], adam_state, params)
+      want.append(u["w"])
+  np.testing.assert_allclose(np.stack(got), np.stack(want), rtol=1e-6)

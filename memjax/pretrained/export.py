@@ -146,8 +146,9 @@ def command_from_config(module: ModuleType, script: str, config: dict) -> list[s
       if value:
         argv.append(flag)
       continue
-    if isinstance(value, (list, tuple)):
-      value = ",".join(str(v) for v in value)
+    if isinstance(value, (list, tuple)):  # --lr-schedule's [[step, lr], ...] as STEP:LR,...
+      value = ",".join(":".join(str(x) for x in v) if isinstance(v, (list, tuple)) else str(v)
+                       for v in value)
     argv += [flag, str(value)]
   return argv
 
