@@ -62,7 +62,7 @@ def add_lr_drop_flags(p: argparse.ArgumentParser) -> None:
 
 def check_lr_flags(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
   """Usage error (exit 2) for ``--lr-schedule`` together with ``--lr-drop-steps``."""
-  if getattr(args, "lr_schedule", None) and getattr(args, "lr_drop_steps", 0):
+  if args.lr_schedule and args.lr_drop_steps:
     parser.error("--lr-schedule and --lr-drop-steps are exclusive (write the drop into the schedule)")
 
 
