@@ -255,6 +255,7 @@ def export_run(workdir: str | os.PathLike, name: str, *, table: str, row: str | 
       "hardware": hardware_text or hardware(),
       "note": note,
       "run_config": config,
+      **({"restored_from": marker} if (marker := _restored_from(workdir)) else {}),
       "memjax_version": _memjax_version(),
       "exported": datetime.datetime.now().isoformat(timespec="seconds"),
   }
@@ -264,6 +265,12 @@ def export_run(workdir: str | os.PathLike, name: str, *, table: str, row: str | 
     print(f"warning: the shipped weights now take {total / 2**20:.1f} MB, over the "
           f"{REGISTRY_BUDGET_BYTES / 2**20:.0f} MB budget", file=sys.stderr)
   return path
+
+
+def _restored_from(workdir: Path) -> dict | None:
+  """The model a run was restored from (:mod:`memjax.pretrained.restore`), or None."""
+  from memjax.pretrained.restore import restored_from
+  return restored_from(workdir)
 
 
 def _default_row(script: str, args) -> str:
