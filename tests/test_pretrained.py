@@ -322,3 +322,79 @@ def test_command_from_config_writes_an_lr_schedule_the_parser_reads_back():
   argv = export.command_from_config(module, "omniglot_metanet", config)
   assert argv == ["--num-classes", "20", "--lr-schedule", "5463:0.0001,6965:0.001"]
   assert module.parse_args(module.build_parser(), argv).lr_schedule == config["lr_schedule"]
+
+
+# -- memjax.pretrained.restore: a shipped model back into a resumable run -------------------------
+
+from memjax.pretrained import restore  # noqa: E402
+
+
+def test_restore_then_resume_continues_an_exported_run(tiny_copy_run, tmp_path):
+  path = export.export_run(tiny_copy_run, "tiny-copy", table="copy", out_dir=tmp_path / "reg")
+  record = pretrained.load_file(path).config
+  workdir = tmp_path / "again"
+  state = restore.restore_run("unused", workdir, path=path)
+  assert int(state.step) == 3
+  marker = restore.restored_from(workdir)
+  assert marker["sha256"] == record["weights"]["sha256"] and marker["step"] == 3
+  config = json.loads((workdir / "config.json").read_text())
+  assert config == dict(record["run_config"], workdir=str(workdir))
+  # The checkpoint holds the shipped parameters, a new optimiser state and the step.
+  module = export.load_experiment("copy_task")
+  model, inputs, optimizer = export.build_run_model("copy_task", module, export.run_args(module, config))
+  params, step = export.restore_params(workdir, model, inputs, optimizer)
+  assert step == 3
+  jax.tree.map(np.testing.assert_array_equal, params, pretrained.load_file(path).variables)
+  like = jax.eval_shape(lambda: training.init_state(params, optimizer))
+  opt_state = training.load_checkpoint(str(workdir), like).opt_state
+  assert all(not np.any(np.asarray(x)) for x in jax.tree.leaves(opt_state))
+  # The experiment resumes it at step 3 (its own --resume checks), and an export records the origin.
+  results = module.main(TINY_COPY[:-6] + ["--steps", "5", "--no-progress", "--no-plots", "--resume",
+                                          "--workdir", str(workdir)])
+  assert results["steps"] == 5
+  steps = [json.loads(line)["step"] for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+  assert steps and min(steps) > 3
+  again = export.export_run(workdir, "tiny-copy-more", table="copy", out_dir=tmp_path / "reg")
+  assert pretrained.load_file(again).config["restored_from"]["sha256"] == record["weights"]["sha256"]
+
+
+def test_restore_refuses_an_existing_run_and_unknown_names(tiny_copy_run, tmp_path, capsys):
+  with pytest.raises(FileExistsError, match="config.json"):
+    restore.restore_run("ntm-copy", tiny_copy_run)
+  for argv in (["--name", "ntm-copy", "--workdir", str(tiny_copy_run)],
+               ["--name", "no-such-model", "--workdir", str(tmp_path / "w")]):
+    with pytest.raises(SystemExit) as e:
+      restore.main(argv)
+    assert e.value.code == 2
+  err = capsys.readouterr().err
+  assert "must be a new folder" in err and "ntm-copy" in err  # the second lists the available names
+  assert not (tmp_path / "w").exists()
+
+
+def test_restored_optimizer_state_keeps_the_schedule_and_restarts_the_moments():
+  params = {"w": jnp.ones(3)}
+  schedule = training.step_decay(1e-3, 0, 0.1, [[5, 1e-4]])
+  optimizer = training.make_optimizer("adam", schedule, clip=10.0)
+  state = restore.optimizer_state_at(optimizer, params, 7)
+  has_count = lambda x: "count" in getattr(type(x), "_fields", ())
+  counts = [x for x in jax.tree.leaves(state, is_leaf=has_count) if has_count(x)]
+  kinds = {type(x).__name__: int(x.count) for x in counts}
+  assert kinds == {"ScaleByAdamState": 0, "ScaleByScheduleState": 7}
+  # The first update after the restore is at the schedule's rate for step 7 (1e-4), Adam's
+  # bias-corrected first step being ±rate.
+  updates, _ = optimizer.update({"w": jnp.array([1.0, -2.0, 3.0])}, state, params)
+  np.testing.assert_allclose(np.asarray(updates["w"]), [-1e-4, 1e-4, -1e-4], rtol=1e-3)
+
+
+@pytest.mark.parametrize("name", [n for n in SHIPPED if n.startswith(("mann", "lstm", "metanet"))])
+def test_every_shipped_training_model_restores_into_its_experiment(name, tmp_path):
+  state = restore.restore_run(name, tmp_path / "run")
+  c = pretrained.load(name).config
+  assert int(state.step) == c["steps"]
+  config = json.loads((tmp_path / "run" / "config.json").read_text())
+  script = export.detect_experiment(config)
+  module = export.load_experiment(script)
+  model, inputs, optimizer = export.build_run_model(script, module, export.run_args(module, config))
+  params, step = export.restore_params(tmp_path / "run", model, inputs, optimizer)
+  assert step == c["steps"]
+  jax.tree.map(np.testing.assert_array_equal, params, pretrained.load(name).variables)

@@ -32,7 +32,9 @@ Calling conventions:
   → ``[Q, N]``; ``load(name, num_classes=K)`` for K-way episodes.
 
 Export a trained run into this format with
-``python -m memjax.pretrained.export --workdir runs/X --name NAME --table TABLE``.
+``python -m memjax.pretrained.export --workdir runs/X --name NAME --table TABLE``;
+turn a model back into a run that its experiment's ``--resume`` continues with
+``python -m memjax.pretrained.restore --name NAME --workdir runs/Y``.
 """
 
 from memjax.pretrained._registry import (

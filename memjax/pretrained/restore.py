@@ -137,8 +137,8 @@ def main(argv=None) -> training.TrainState:
     parser.error(str(e))
   marker = restored_from(args.workdir)
   print(f"restored {args.name} (sha256 {marker['sha256'][:16]}…) into {args.workdir} at step "
-        f"{int(state.step)}, with a new optimiser state; continue with "
-        f"`{marker['train_command'] or 'the training command'}` plus --resume --workdir {args.workdir}")
+        f"{int(state.step)}, with a new optimiser state; continue it with its experiment's flags "
+        f"(recorded: {marker['train_command']}), a larger --steps, and --resume --workdir {args.workdir}")
   return state
 
 
