@@ -57,9 +57,10 @@ PAPER = {
     # Table 2: 15-way, 5-character string labels (MANN with LRUA).
     ("mann", "string", 15): [0.1, 62.6, 79.3, 86.6, 88.7, 95.3],
 }
-# Keys of config.json that a --resume must not change.
+# Keys of config.json that a --resume must not change (a learning-rate schedule may change
+# only from the checkpoint on: memjax.training.lr_history checks it).
 RESUME_KEYS = ("model", "label_mode", "num_classes", "samples_per_class", "batch_size", "optimizer",
-               "lr_drop_steps", "lr_drop_factor", "lr_schedule", "seed", "memory_size", "word_size",
+               "seed", "memory_size", "word_size",
                "read_heads", "controller_features", "usage_decay", "write", "max_shift", "max_rotation",
                "image_size", "train_split")
 # Deprecated flags counted in episodes -> the flags in steps that replace them.

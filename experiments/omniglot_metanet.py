@@ -217,10 +217,11 @@ def run_config(parser: argparse.ArgumentParser, args) -> dict:
 def open_run(parser: argparse.ArgumentParser, args, config: dict) -> training.Run:
   """The training run in ``--workdir`` (writes config.json). With ``--resume``
   every key but ``workdir`` (the same folder may be given as a relative or an
-  absolute path) and ``lr`` must match the saved configuration; a new ``--lr``
-  applies from the checkpoint on and is recorded in config.json's
-  ``lr_history``."""
-  compare = [k for k in config if k not in ("workdir", "lr")]
+  absolute path) and the learning rate must match the saved configuration; a
+  new ``--lr`` applies from the checkpoint on and is recorded in config.json's
+  ``lr_history``; a new ``--lr-schedule`` (or drop) is accepted where it gives
+  the updates already made their rates (:func:`memjax.training.lr_history`)."""
+  compare = [k for k in config if k not in ("workdir", "lr", *training.LR_SCHEDULE_KEYS)]
   return training.Run(args.workdir, config, resume=args.resume, compare=compare,
                       defaults={k: parser.get_default(k) for k in compare},
                       amend=training.lr_history(), error=parser.error)

@@ -57,7 +57,8 @@ def add_lr_drop_flags(p: argparse.ArgumentParser) -> None:
   p.add_argument("--lr-schedule", type=lr_schedule, default=None, metavar="STEP:LR[,STEP:LR...]",
                  help="piecewise-constant learning rate: --lr until the first STEP, then each LR from its "
                       "STEP on (e.g. 5000:1e-4,8000:1e-3,12000:1e-4; the same as changing --lr on --resume "
-                      "at those steps); exclusive with --lr-drop-steps")
+                      "at those steps); on --resume it may change only after the checkpoint; exclusive "
+                      "with --lr-drop-steps")
 
 
 def check_lr_flags(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:

@@ -501,16 +501,45 @@ class Interrupted(KeyboardInterrupt):
     self.exit_code = 128 + signum
 
 
+LR_SCHEDULE_KEYS = ("lr_drop_steps", "lr_drop_factor", "lr_schedule")
+_LR_SCHEDULE_DEFAULTS = {"lr_drop_steps": 0, "lr_drop_factor": 0.1, "lr_schedule": None}
+
+
+def learning_rate_at(config: dict, step: int,
+                     lr_of: Callable[[dict], float] = lambda config: config["lr"]) -> float:
+  """The learning rate of update ``step + 1`` of a run recorded in ``config``.
+
+  The rate given from each ``lr_history`` step on (``--lr`` on ``--resume``;
+  ``lr_of(config)`` from 0 when there is none) under the run's own
+  :func:`step_decay` (``lr_drop_steps``/``lr_drop_factor`` or ``lr_schedule``).
+  """
+  rate = [r for s, r in config.get("lr_history") or [[0, lr_of(config)]] if s <= step][-1]
+  keys = {k: config.get(k, d) for k, d in _LR_SCHEDULE_DEFAULTS.items()}
+  sched = step_decay(rate, keys["lr_drop_steps"] or 0, keys["lr_drop_factor"], keys["lr_schedule"])
+  return float(sched(step)) if callable(sched) else float(sched)
+
+
 def lr_history(lr_of: Callable[[dict], float] = lambda config: config["lr"]
                ) -> Callable[[dict, dict | None, int], None]:
   """A :class:`Run` ``amend`` that keeps config.json's ``lr_history``,
-  ``[[step, learning rate from that step on], ...]``.
+  ``[[step, learning rate from that step on], ...]``, and checks a changed
+  schedule on resume.
 
   A new learning rate given on resume is a step of a piecewise-constant
   schedule, applied from the checkpoint on (for optimisers whose state does not
   depend on the rate — Adam, RMSProp — nothing else changes); the run's
   configuration records every step so the schedule can be read back and
-  repeated.
+  repeated (:func:`learning_rate_at`).
+
+  A schedule (``lr_schedule``, ``lr_drop_steps``/``lr_drop_factor``) may change
+  on resume only where it has not been trained yet: with the new one every
+  update before the checkpoint must have the rate it had (e.g. a run trained by
+  ``--lr`` legs continues under the ``--lr-schedule`` that writes those legs
+  down, or a schedule gains a later step); otherwise
+  :class:`ConfigMismatchError` names the first update whose rate would change.
+  When the schedule changes, ``lr_history`` becomes the rates the updates so
+  far were made at (so dropping a schedule for ``--lr`` legs keeps its past).
+  Leave these keys out of the :class:`Run`'s ``compare``.
 
   Args:
     lr_of: ``config -> learning rate`` (e.g. a per-optimiser default for
@@ -523,11 +552,37 @@ def lr_history(lr_of: Callable[[dict], float] = lambda config: config["lr"]
     config["lr_history"] = [[0, lr_of(config)]]
     if old is None:
       return
-    config["lr_history"] = [list(x) for x in old.get("lr_history", [[0, lr_of(old)]])]
-    if lr_of(config) != config["lr_history"][-1][1]:
-      config["lr_history"] = [x for x in config["lr_history"] if x[0] < start_step] + [
-          [start_step, lr_of(config)]]
-      print(f"learning rate from step {start_step} on: {lr_of(config)} (was {lr_of(old)})", flush=True)
+    changed = [k for k, d in _LR_SCHEDULE_DEFAULTS.items()
+               if not _same(config.get(k, d), old.get(k, d), False)]
+    history = [list(x) for x in old.get("lr_history", [[0, lr_of(old)]])]
+    if changed:  # the history the new schedule runs on: the rates the updates so far were made at
+      marks = {0, *(s for s, _ in history), old.get("lr_drop_steps") or 0,
+               *(int(s) for s, _ in old.get("lr_schedule") or [])}
+      history = []
+      for step in sorted(m for m in marks if 0 <= m < max(start_step, 1)):
+        rate = float(f"{learning_rate_at(old, step, lr_of):.7g}")  # the decimal given, not its float32
+        if not history or history[-1][1] != rate:
+          history.append([step, rate])
+    new_rate = lr_of(config) != history[-1][1]
+    if new_rate:
+      history = [x for x in history if x[0] < start_step] + [[start_step, lr_of(config)]]
+    config["lr_history"] = history
+    if changed:
+      marks = {0, *(s for s, _ in history)}
+      for c in (config, old):
+        marks |= {c.get("lr_drop_steps") or 0, *(int(s) for s, _ in c.get("lr_schedule") or [])}
+      for step in sorted(m for m in marks if 0 <= m < start_step):
+        now, was = learning_rate_at(config, step, lr_of), learning_rate_at(old, step, lr_of)
+        if not np.isclose(now, was, rtol=1e-6, atol=0.0):
+          raise ConfigMismatchError(
+              f"--resume with a learning-rate schedule that changes updates already made: {changed} "
+              f"(saved {', '.join(f'{k}={old.get(k, _LR_SCHEDULE_DEFAULTS[k])!r}' for k in changed)}; now "
+              f"{', '.join(f'{k}={config.get(k)!r}' for k in changed)}) gives update {step + 1} the rate "
+              f"{now:g} where it was trained at {was:g}; a schedule may change only from the "
+              f"checkpoint (step {start_step}) on")
+    if new_rate or changed:
+      print(f"learning rate from step {start_step} on: {learning_rate_at(config, start_step, lr_of):g} "
+            f"(was {learning_rate_at(old, start_step, lr_of):g})", flush=True)
   return amend
 
 
@@ -565,7 +620,9 @@ class Run:
     defaults: values of keys missing from the saved configuration.
     upgrade: ``saved config -> saved config`` in today's keys (renamed flags).
     amend: ``(config, saved config or None, start step)``, changes ``config``
-      in place before it is saved (e.g. a learning-rate history).
+      in place before it is saved (e.g. :func:`lr_history`); a
+      :class:`ConfigMismatchError` it raises goes to ``error`` like a key
+      that differs.
     path_keys: keys compared as paths (resolved: relative and absolute agree).
     error: called with the message instead of raising (e.g. ``parser.error``).
     verbose: print what the run is doing and where its results are.
@@ -630,7 +687,12 @@ class Run:
     self.prior_train_seconds = _prior_train_seconds(self.path, self.start_step)
     self.config = dict(config)
     if amend is not None:
-      amend(self.config, self.saved_config, self.start_step)
+      try:
+        amend(self.config, self.saved_config, self.start_step)
+      except ConfigMismatchError as e:
+        if error is not None:
+          error(str(e))
+        raise
     os.makedirs(self.path, exist_ok=True)
     _write_json(config_path, self.config)
 

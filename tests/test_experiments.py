@@ -155,7 +155,7 @@ def test_mann_lr_schedule_flag_builds_the_optimizer_and_is_exclusive_with_a_drop
     updates, state = opt.update({"w": jnp.full(2, 2.0)}, state, params)
     sizes.append(float(-updates["w"][0]))
   np.testing.assert_allclose(sizes, [1e-3, 1e-3, 1e-4], rtol=1e-4)
-  assert "lr_schedule" in exp.RESUME_KEYS
+  assert "lr_schedule" not in exp.RESUME_KEYS  # checked by training.lr_history: the past only
   with pytest.raises(SystemExit) as e:
     exp.parse_args(parser, ["--lr-schedule", "2:1e-4", "--lr-drop-steps", "3"])
   assert e.value.code == 2 and "exclusive" in capsys.readouterr().err

@@ -662,10 +662,47 @@ def test_experiment_lr_schedule_flag_drives_the_optimizer_and_is_checked(tmp_pat
   (workdir / "config.json").write_text(json.dumps(config))
   args = module.parse_args(parser, ["--workdir", str(workdir), "--filters", "8", "--resume"])
   module.open_run(parser, args, module.run_config(parser, args))
+
+
+def test_experiment_resume_takes_a_schedule_only_where_it_keeps_the_rates_already_trained(
+    tmp_path, capsys):
+  """A run trained by --lr legs continues under the --lr-schedule that writes them down and a
+  later step; a schedule that changes an update before the checkpoint is refused, untouched."""
+  module = experiment()
+  parser = module.build_parser()
+  workdir = tmp_path / "run"
+  flags = ["--workdir", str(workdir), "--filters", "8"]
+
+  def open_at(step, *more):
+    (workdir / "checkpoints" / str(step)).mkdir(parents=True, exist_ok=True)
+    args = module.parse_args(parser, [*flags, "--resume", *more])
+    return module.open_run(parser, args, module.run_config(parser, args))
+
+  args = module.parse_args(parser, flags)
+  module.open_run(parser, args, module.run_config(parser, args))
+  open_at(100, "--lr", "1e-4")
+  saved = open_at(150, "--lr", "1e-3").config
+  assert saved["lr_history"] == [[0, 1e-3], [100, 1e-4], [150, 1e-3]] and saved["lr_schedule"] is None
+  for schedule, first_wrong in (("90:1e-4,150:1e-3,200:1e-4", 91), ("100:1e-5,150:1e-3", 101),
+                                ("100:1e-4", 151), ("120:1e-3", 121)):
+    with pytest.raises(SystemExit) as e:
+      open_at(180, "--lr-schedule", schedule)
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "--resume" in err and "lr_schedule" in err, err
+    assert f"update {first_wrong} the rate" in err, err
+    assert json.loads((workdir / "config.json").read_text()) == saved  # untouched
+  run = open_at(180, "--lr-schedule", "100:1e-4,150:1e-3,200:1e-5")
+  assert run.config["lr_schedule"] == [[100, 1e-4], [150, 1e-3], [200, 1e-5]]
+  assert "learning rate from step 180 on: 0.001" in capsys.readouterr().out
+  rates = [training.learning_rate_at(run.config, s) for s in (0, 99, 100, 149, 150, 199, 200, 500)]
+  np.testing.assert_allclose(rates, [1e-3, 1e-3, 1e-4, 1e-4, 1e-3, 1e-3, 1e-5, 1e-5], rtol=1e-6)
+  # the schedule now fixes every trained rate: a later step may be added, an earlier one not moved
+  run = open_at(250, "--lr-schedule", "100:1e-4,150:1e-3,200:1e-5,300:1e-6")
+  assert training.learning_rate_at(run.config, 300) == pytest.approx(1e-6)
   with pytest.raises(SystemExit):
-    args = module.parse_args(parser, ["--workdir", str(workdir), "--filters", "8", "--resume",
-                                      "--lr-schedule", "5:1e-4"])
-    module.open_run(parser, args, module.run_config(parser, args))
+    open_at(260, "--lr-schedule", "100:1e-4,150:1e-3,220:1e-5")
+  run = open_at(260, "--lr", "3e-4")  # back to legs: a constant rate from the checkpoint on
+  assert run.config["lr_history"] == [[0, 1e-3], [100, 1e-4], [150, 1e-3], [200, 1e-5], [260, 3e-4]]
 
 
 def test_experiment_resume_refuses_a_run_of_the_earlier_metanet(tmp_path, capsys):

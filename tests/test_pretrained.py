@@ -288,18 +288,10 @@ def test_load_of_a_copied_registry_is_independent_of_the_package(tmp_path):
     jax.tree.map(np.testing.assert_array_equal, a.variables, b.variables)
 
 
-def _rate(config: dict, lr_of, step: int) -> float:
-  """The learning rate of update ``step + 1`` of a recorded run: its lr_history (rates given
-  on --resume) under its own step decay or schedule."""
-  rate = [r for s, r in config.get("lr_history") or [[0, lr_of(config)]] if s <= step][-1]
-  sched = training.step_decay(rate, config.get("lr_drop_steps", 0), config.get("lr_drop_factor", 0.1),
-                              config.get("lr_schedule"))
-  return float(sched(step)) if callable(sched) else sched
-
-
 @pytest.mark.parametrize("name", [n for n in SHIPPED if n.startswith(("mann", "lstm", "metanet"))])
 def test_shipped_train_command_repeats_the_runs_learning_rate_schedule(name):
-  """The one command a record gives reproduces the rates its run trained at, resumes included."""
+  """The one command a record gives reproduces the rates its run trained at, resumes included,
+  and a restored run resumes under it."""
   c = pretrained.load(name).config
   script = c["train"]["script"].removeprefix("experiments/").removesuffix(".py")
   module = export.load_experiment(script)
@@ -312,8 +304,11 @@ def test_shipped_train_command_repeats_the_runs_learning_rate_schedule(name):
   marks = {0, c["steps"] - 1, *(s for s, _ in run.get("lr_history", [])),
            run.get("lr_drop_steps") or 0, *(s for s, _ in run.get("lr_schedule") or [])}
   for step in sorted({m + d for m in marks for d in (-1, 0, 1) if 0 <= m + d < c["steps"]}):
-    np.testing.assert_allclose(_rate(cmd, lr_of, step), _rate(run, lr_of, step), rtol=1e-6,
+    np.testing.assert_allclose(training.learning_rate_at(cmd, step, lr_of),
+                               training.learning_rate_at(run, step, lr_of), rtol=1e-6,
                                err_msg=f"{name}: learning rate at step {step}")
+  # restore's advice holds: the restored run resumes under the command's own schedule
+  training.lr_history(lr_of)(cmd, run, c["steps"])
 
 
 def test_command_from_config_writes_an_lr_schedule_the_parser_reads_back():
