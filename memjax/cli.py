@@ -141,15 +141,18 @@ def enable_compilation_cache(path: str | None = None) -> str | None:
 def run(main) -> None:
   """Runs an experiment's ``main()`` with the persistent compilation cache on
   (:func:`enable_compilation_cache`); a diverged run exits 1 with its message,
-  not a traceback. An interrupted run exits 130/143 (see :class:`memjax.training.Run`),
+  a checkpoint that does not fit the model 2 (its run folder as it was), not a traceback. An interrupted run exits 130/143 (see :class:`memjax.training.Run`),
   a Ctrl-C before training starts (loading data, compiling) 130, also without a traceback."""
-  from memjax.training import NonFiniteError
+  from memjax.training import CheckpointMismatchError, NonFiniteError
   enable_compilation_cache()
   try:
     main()
   except NonFiniteError as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(1)
+  except CheckpointMismatchError as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
   except KeyboardInterrupt:
     print("\ninterrupted before training started", file=sys.stderr)
     sys.exit(130)

@@ -211,8 +211,8 @@ class _Checkpointer:
     import orbax.checkpoint as ocp
     self._ocp = ocp
     self.directory = os.path.abspath(directory)
-    self.manager = ocp.CheckpointManager(
-        os.path.join(self.directory, "checkpoints"),
+    self.manager = ocp.CheckpointManager(  # the handler reads a checkpoint's tree without a target
+        os.path.join(self.directory, "checkpoints"), item_handlers=ocp.StandardCheckpointHandler(),
         options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True))
 
   def latest_step(self) -> int | None:
@@ -226,9 +226,14 @@ class _Checkpointer:
     abstract = jax.tree.map(self._ocp.utils.to_shape_dtype_struct, like)
     step = self.latest_step()
     try:
-      restored = self.manager.restore(step, args=self._ocp.args.StandardRestore(abstract))
+      saved = getattr(self.manager.item_metadata(step), "tree", None)
+      if saved is not None and _leaf_paths(saved) != _leaf_paths(like):
+        # e.g. a learning-rate schedule given or dropped on resume: its step count differs
+        restored = _with_schedule_counts(self.manager.restore(step), like, step)
+      else:
+        restored = self.manager.restore(step, args=self._ocp.args.StandardRestore(abstract))
     except ValueError as e:
-      raise ValueError(
+      raise CheckpointMismatchError(
           f"checkpoint {step} in {self.directory} does not match the current model and optimiser "
           f"(was it written with another configuration or memjax version?): {str(e)[:500]}") from None
     return TrainState(*restored) if not isinstance(restored, TrainState) else restored
@@ -236,6 +241,57 @@ class _Checkpointer:
   def close(self):
     self.manager.wait_until_finished()
     self.manager.close()
+
+
+def _key(k) -> Any:
+  """A pytree path entry's key: dict key, attribute name or sequence index."""
+  return getattr(k, "key", getattr(k, "name", getattr(k, "idx", None)))
+
+
+def _leaf_paths(tree) -> set[tuple]:
+  """The leaves' paths of ``tree`` as key tuples (a namedtuple's field and a dict's key alike)."""
+  return {tuple(map(_key, path)) for path, _ in jax.tree_util.tree_leaves_with_path(tree)}
+
+
+def _with_schedule_counts(saved, like: TrainState, step: int) -> TrainState:
+  """``like`` filled from ``saved`` (a checkpoint restored without a target:
+  dicts, lists, None for empty states), where the two differ only in learning-rate
+  schedule states: an :class:`optax.ScaleByScheduleState` the checkpoint lacks
+  (the run had a constant rate) counts ``step`` updates, a schedule count the
+  checkpoint has and ``like`` does not (the rate is constant now) is dropped.
+
+  Raises:
+    ValueError: any other difference.
+  """
+  is_sched = lambda x: isinstance(x, optax.ScaleByScheduleState)  # noqa: E731
+  sched_paths = [tuple(map(_key, path)) for path, node in
+                 jax.tree_util.tree_leaves_with_path(like, is_leaf=is_sched) if is_sched(node)]
+  used = set()
+
+  def fill(path, leaf):
+    path = tuple(map(_key, path))
+    value = saved
+    for k in path:
+      try:
+        value = value[k]
+      except (KeyError, IndexError, TypeError):
+        value = None
+        break
+    if value is None:
+      if any(path[:len(p)] == p for p in sched_paths):
+        return jnp.asarray(step, jnp.asarray(leaf).dtype)
+      raise ValueError(f"checkpoint lacks {path}")
+    if np.shape(value) != np.shape(leaf) or np.asarray(value).dtype != np.asarray(leaf).dtype:
+      raise ValueError(f"checkpoint's {path} is {np.shape(value)} {np.asarray(value).dtype}, "
+                       f"expected {np.shape(leaf)} {np.asarray(leaf).dtype}")
+    used.add(path)
+    return jnp.asarray(value)
+
+  state = jax.tree_util.tree_map_with_path(fill, like)
+  extra = [p for p in _leaf_paths(saved) if p not in used and p[-1] != "count"]
+  if extra:
+    raise ValueError(f"checkpoint has {extra[:3]} that the current state lacks")
+  return state
 
 
 def load_checkpoint(workdir: str, like: TrainState) -> TrainState:
@@ -488,6 +544,10 @@ class ConfigMismatchError(ValueError):
   """``resume`` was asked with a configuration other than the saved one."""
 
 
+class CheckpointMismatchError(ValueError):
+  """A checkpoint does not fit the current model and optimiser state."""
+
+
 class Interrupted(KeyboardInterrupt):
   """A second Ctrl-C / SIGTERM (or one during an abortable step) of a :class:`Run`.
 
@@ -685,6 +745,10 @@ class Run:
         raise ConfigMismatchError(message)
     self.start_step = _latest_checkpoint_step(self.path) if resume else 0
     self.prior_train_seconds = _prior_train_seconds(self.path, self.start_step)
+    self._saved_config_text = None
+    if self.saved_config is not None:
+      with open(config_path) as f:
+        self._saved_config_text = f.read()
     self.config = dict(config)
     if amend is not None:
       try:
@@ -745,6 +809,10 @@ class Run:
     try:
       return fit(loss_fn, params, optimizer, workdir=self.path, resume=self.resume,
                  should_stop=lambda: self.signum is not None, **kwargs)
+    except CheckpointMismatchError:  # nothing trained: the run folder stays as it was
+      if self._saved_config_text is not None:
+        _write_text(os.path.join(self.path, "config.json"), self._saved_config_text)
+      raise
     finally:
       self._mode = None
       self.fit_seconds = time.perf_counter() - self._fit_t0
@@ -809,9 +877,13 @@ class Run:
 
 
 def _write_json(path: str, obj) -> None:
+  _write_text(path, json.dumps(obj, indent=1))
+
+
+def _write_text(path: str, text: str) -> None:
   tmp = f"{path}.tmp"
   with open(tmp, "w") as f:
-    json.dump(obj, f, indent=1)
+    f.write(text)
   os.replace(tmp, path)
 
 

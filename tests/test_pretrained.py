@@ -11,6 +11,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from memjax import MANNCell, MetaNet, NTMCell, pretrained, tasks, training
@@ -393,3 +394,11 @@ def test_every_shipped_training_model_restores_into_its_experiment(name, tmp_pat
   params, step = export.restore_params(tmp_path / "run", model, inputs, optimizer)
   assert step == c["steps"]
   jax.tree.map(np.testing.assert_array_equal, params, pretrained.load(name).variables)
+  # Under the optimiser of the record's command (its --lr-schedule where the run had --lr legs)
+  # the checkpoint loads too, the schedule counting the updates made.
+  args = module.parse_args(module.build_parser(), c["train"]["argv"])
+  _, _, command_optimizer = export.build_run_model(script, module, args)
+  state = training.load_checkpoint(str(tmp_path / "run"), training.init_state(params, command_optimizer))
+  is_sched = lambda x: isinstance(x, optax.ScaleByScheduleState)
+  counts = [int(x.count) for x in jax.tree.leaves(state.opt_state, is_leaf=is_sched) if is_sched(x)]
+  assert counts in ([], [c["steps"]])

@@ -65,6 +65,34 @@ def test_resume_is_bitwise_identical(tmp_path):
   assert not np.array_equal(other.params["w"], full.params["w"])
 
 
+def test_resume_under_a_schedule_given_or_dropped_continues_the_same_run(tmp_path):
+  """A constant-rate checkpoint resumes under a schedule and back (the optimiser state differs
+  by the schedule's count): Adam's moments carry over, the schedule counts the updates made, and
+  the result is the one-schedule run's. Any other mismatch is refused, the run folder as it was."""
+  scheduled = training.make_optimizer("adam", training.step_decay(0.05, 0, 0.1, [[10, 1e-3], [20, 5e-2]]))
+  constant = training.make_optimizer("adam", 0.05)
+  full, _ = training.fit(regression_loss, PARAMS, scheduled, num_steps=30, seed=3, progress=False)
+  wd = str(tmp_path / "run")
+  kw = dict(seed=3, workdir=wd, checkpoint_every=5, progress=False)
+  training.fit(regression_loss, PARAMS, constant, num_steps=10, **kw)
+  part, _ = training.fit(regression_loss, PARAMS, scheduled, num_steps=20, resume=True, **kw)
+  sched_state = [x for x in jax.tree.leaves(part.opt_state, is_leaf=lambda x: isinstance(
+      x, optax.ScaleByScheduleState)) if isinstance(x, optax.ScaleByScheduleState)]
+  assert [int(x.count) for x in sched_state] == [20]
+  end, _ = training.fit(regression_loss, PARAMS, constant, num_steps=30, resume=True, **kw)
+  assert jax.tree.structure(end) == jax.tree.structure(training.init_state(PARAMS, constant))
+  for a, b in zip(jax.tree.leaves(full.params), jax.tree.leaves(end.params)):
+    np.testing.assert_allclose(a, b, rtol=1e-5)
+  # a different model: refused by name; a Run's config.json is put back
+  training.Run(wd, {"x": 1}, verbose=False)
+  before = (tmp_path / "run" / "config.json").read_text()
+  run = training.Run(wd, {"x": 1}, resume=True, verbose=False, amend=lambda c, o, s: c.update(y=2))
+  assert json.loads((tmp_path / "run" / "config.json").read_text())["y"] == 2
+  with pytest.raises(training.CheckpointMismatchError, match="checkpoint 30 .* does not match"):
+    run.fit(regression_loss, {"w": jnp.zeros(4), "b": jnp.zeros(())}, constant, num_steps=40)
+  assert (tmp_path / "run" / "config.json").read_text() == before
+
+
 def test_load_checkpoint_reads_the_latest_and_deletes_nothing(tmp_path):
   opt = training.make_optimizer("adam", 0.05)
   like = training.init_state(PARAMS, opt)
