@@ -277,13 +277,13 @@ def _with_schedule_counts(saved, like: TrainState, step: int) -> TrainState:
       except (KeyError, IndexError, TypeError):
         value = None
         break
+    shape, dtype = tuple(leaf.shape), np.dtype(leaf.dtype)  # an array or a ShapeDtypeStruct
     if value is None:
       if any(path[:len(p)] == p for p in sched_paths):
-        return jnp.asarray(step, jnp.asarray(leaf).dtype)
+        return jnp.asarray(step, dtype)
       raise ValueError(f"checkpoint lacks {path}")
-    if np.shape(value) != np.shape(leaf) or np.asarray(value).dtype != np.asarray(leaf).dtype:
-      raise ValueError(f"checkpoint's {path} is {np.shape(value)} {np.asarray(value).dtype}, "
-                       f"expected {np.shape(leaf)} {np.asarray(leaf).dtype}")
+    if tuple(np.shape(value)) != shape or np.dtype(value.dtype) != dtype:
+      raise ValueError(f"checkpoint's {path} is {np.shape(value)} {value.dtype}, expected {shape} {dtype}")
     used.add(path)
     return jnp.asarray(value)
 

@@ -79,6 +79,8 @@ def test_resume_under_a_schedule_given_or_dropped_continues_the_same_run(tmp_pat
   sched_state = [x for x in jax.tree.leaves(part.opt_state, is_leaf=lambda x: isinstance(
       x, optax.ScaleByScheduleState)) if isinstance(x, optax.ScaleByScheduleState)]
   assert [int(x.count) for x in sched_state] == [20]
+  abstract = jax.eval_shape(lambda: training.init_state(PARAMS, constant))  # a target of shapes
+  assert int(training.load_checkpoint(wd, abstract).step) == 20
   end, _ = training.fit(regression_loss, PARAMS, constant, num_steps=30, resume=True, **kw)
   assert jax.tree.structure(end) == jax.tree.structure(training.init_state(PARAMS, constant))
   for a, b in zip(jax.tree.leaves(full.params), jax.tree.leaves(end.params)):
