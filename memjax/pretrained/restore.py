@@ -7,7 +7,7 @@ model can be trained further without the machine it was trained on:
 
     python -m memjax.pretrained.restore --name metanet-omniglot-5way --workdir runs/metanet_5way_more
     python experiments/omniglot_metanet.py --data-dir PATH/TO/omniglot --ablate no_task \\
-        --lr 1e-3 --steps 20000 --resume --workdir runs/metanet_5way_more
+        --lr 1e-3 --steps 26000 --resume --workdir runs/metanet_5way_more
 
 The folder gets ``config.json`` (the recorded ``run_config``, ``workdir``
 replaced), one checkpoint at the recorded step holding the shipped parameters
