@@ -579,6 +579,12 @@ def learning_rate_at(config: dict, step: int,
   return float(sched(step)) if callable(sched) else float(sched)
 
 
+def _lr_change_steps(config: dict) -> set[int]:
+  """Every step where the rate of :func:`learning_rate_at` may change (0 included)."""
+  return {0, *(int(s) for s, _ in config.get("lr_history") or []), config.get("lr_drop_steps") or 0,
+          *(int(s) for s, _ in config.get("lr_schedule") or [])}
+
+
 def lr_history(lr_of: Callable[[dict], float] = lambda config: config["lr"]
                ) -> Callable[[dict, dict | None, int], None]:
   """A :class:`Run` ``amend`` that keeps config.json's ``lr_history``,
@@ -616,8 +622,7 @@ def lr_history(lr_of: Callable[[dict], float] = lambda config: config["lr"]
                if not _same(config.get(k, d), old.get(k, d), False)]
     history = [list(x) for x in old.get("lr_history", [[0, lr_of(old)]])]
     if changed:  # the history the new schedule runs on: the rates the updates so far were made at
-      marks = {0, *(s for s, _ in history), old.get("lr_drop_steps") or 0,
-               *(int(s) for s, _ in old.get("lr_schedule") or [])}
+      marks = _lr_change_steps(old)
       history = []
       for step in sorted(m for m in marks if 0 <= m < max(start_step, 1)):
         rate = float(f"{learning_rate_at(old, step, lr_of):.7g}")  # the decimal given, not its float32
@@ -628,10 +633,7 @@ def lr_history(lr_of: Callable[[dict], float] = lambda config: config["lr"]
       history = [x for x in history if x[0] < start_step] + [[start_step, lr_of(config)]]
     config["lr_history"] = history
     if changed:
-      marks = {0, *(s for s, _ in history)}
-      for c in (config, old):
-        marks |= {c.get("lr_drop_steps") or 0, *(int(s) for s, _ in c.get("lr_schedule") or [])}
-      for step in sorted(m for m in marks if 0 <= m < start_step):
+      for step in sorted(m for m in _lr_change_steps(config) | _lr_change_steps(old) if m < start_step):
         now, was = learning_rate_at(config, step, lr_of), learning_rate_at(old, step, lr_of)
         if not np.isclose(now, was, rtol=1e-6, atol=0.0):
           raise ConfigMismatchError(
