@@ -85,7 +85,6 @@ from __future__ import annotations
 import argparse
 import collections
 import contextlib
-import functools
 import re
 import statistics
 import time
@@ -96,7 +95,8 @@ import numpy as np
 from benchmarks import common
 from memjax import cli
 
-VARIANTS = ("reference", "current", "im2col_support", "im2col_all", "lstm_no_remat", "combined")
+VARIANTS = ("reference", "current", "untiled_meta_learners", "reduce_window_pool", "mixed_kernel_kf",
+            "im2col_support", "im2col_all")
 QUICK_MODEL = dict(image_shape=(8, 8, 1), filters=4, num_blocks=2, hidden=8)
 DEFAULT_MODEL = dict(image_shape=(28, 28, 1), filters=64, num_blocks=5, hidden=64)
 # Max |g − g_ref| / max |g_ref| per parameter leaf for "the same mathematics". Float32
@@ -140,6 +140,37 @@ def _im2col_embedding_hidden(slow, x):
   return _relu(_im2col_features(slow, x) @ slow["fc1"])
 
 
+def _untiled_lstm(params, xs):
+  """d in one pass over all coordinates, each step under ``jax.checkpoint`` (before the tiling)."""
+  from memjax.metanet import meta_learners
+  return meta_learners.lstm_apply(params, xs, remat=True)
+
+
+def _untiled_mlp(params, x):
+  """m in one pass over all coordinates (before the tiling)."""
+  from memjax.metanet import meta_learners
+  return meta_learners.mlp_apply(params, x)
+
+
+def _reduce_window_pool(x):
+  """The max-pool as ``reduce_window`` (before the reshape form; its gradient is a select-and-scatter)."""
+  import jax
+  import jax.numpy as jnp
+  h, w, _ = x.shape
+  window = (min(h, 2), min(w, 2), 1)
+  return jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, window, window, "SAME")
+
+
+def _conv_any_kf(x, kernel):
+  """A retrieved conv fast weight mixed as [kh·kw·C, F] (before the [F, kh·kw·C] layout)."""
+  from memjax.metanet import layers
+  if not isinstance(kernel, layers.MixedWeights):
+    return layers._conv(x, kernel)
+  _, kh, kw, c, f = kernel.values.shape
+  y = layers._patches(x, kh, kw) @ kernel.mix().reshape(kh * kw * c, f)
+  return y.reshape(*x.shape[:2], f)
+
+
 @contextlib.contextmanager
 def _patched(*patches):
   """Sets ``(module, name, value)`` attributes while active, restoring them after."""
@@ -160,7 +191,7 @@ def variant_context(name: str):
   the support-loss features and the meta learner d in ``module``, the
   convolution in ``layers``.
   """
-  from memjax.metanet import layers, meta_learners, module
+  from memjax.metanet import layers, module
   if name == "reference":
     from benchmarks.reference import metanet_v1
     return metanet_v1.MetaNet, contextlib.nullcontext()
@@ -168,10 +199,14 @@ def variant_context(name: str):
   if name == "im2col_support":
     patches += [(module, "_hidden", _im2col_hidden),
                 (module, "_embedding_hidden", _im2col_embedding_hidden)]
-  if name in ("im2col_all", "combined"):
+  if name == "im2col_all":
     patches += [(layers, "_conv", _im2col_conv)]
-  if name in ("lstm_no_remat", "combined"):
-    patches += [(module, "lstm_apply", functools.partial(meta_learners.lstm_apply, remat=False))]
+  if name == "untiled_meta_learners":
+    patches += [(module, "lstm_apply_tiled", _untiled_lstm), (module, "mlp_apply_tiled", _untiled_mlp)]
+  if name == "reduce_window_pool":
+    patches += [(layers, "_max_pool", _reduce_window_pool)]
+  if name == "mixed_kernel_kf":
+    patches += [(layers, "_conv_any", _conv_any_kf)]
   if name not in VARIANTS:
     raise ValueError(f"argument `name`: expected one of {VARIANTS}, got {name!r}")
   return module.MetaNet, _patched(*patches)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import json
 from pathlib import Path
@@ -100,6 +101,120 @@ def test_mixed_weights_conv_equals_materialised_kernel(s, kernel):
   mixed = MixedWeights(values, a)
   np.testing.assert_allclose(layers._conv_any(x, mixed), layers._conv(x, mixed.mix()),
                              rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("s,kernel", [(3, (3, 3)), (2, (2, 3))])
+def test_mixed_weights_conv_gradients_equal_materialised_kernel(s, kernel):
+  """The [F, kh·kw·C] mixed-kernel layout changes no gradient (image, values, attention)."""
+  k1, k2, k3, k4 = jax.random.split(jax.random.key(1), 4)
+  x = jax.random.normal(k1, (5, 6, 3))
+  values = jax.random.normal(k2, (s, *kernel, 3, 4))
+  a = jax.nn.softmax(jax.random.normal(k3, (s,)))
+  ct = jax.random.normal(k4, (5, 6, 4))
+
+  def loss(conv):
+    return lambda x, v, a: jnp.sum(conv(x, v, a) * ct)
+
+  mine = jax.grad(loss(lambda x, v, a: layers._conv_any(x, MixedWeights(v, a))), argnums=(0, 1, 2))
+  want = jax.grad(loss(lambda x, v, a: layers._conv(x, MixedWeights(v, a).mix())), argnums=(0, 1, 2))
+  for g, w in zip(mine(x, values, a), want(x, values, a)):
+    np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-5)
+
+
+def _reduce_window_max_pool(x):
+  h, w, _ = x.shape
+  window = (min(h, 2), min(w, 2), 1)
+  return jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, window, window, "SAME")
+
+
+@pytest.mark.parametrize("shape", [(8, 8, 3), (7, 7, 2), (3, 5, 1), (1, 1, 4), (1, 5, 2), (4, 1, 2)])
+def test_max_pool_equals_reduce_window_with_its_gradient_on_ties(shape):
+  """The reshape max-pool is reduce_window's, value and gradient bitwise, also where
+  a window holds tied maxima (its gradient goes to the first one, as select-and-scatter's)."""
+  rng = np.random.default_rng(sum(shape))
+  x = jnp.asarray(rng.integers(-2, 3, size=shape).astype(np.float32))  # many ties
+  y, vjp = jax.vjp(layers._max_pool, x)
+  y_ref, vjp_ref = jax.vjp(_reduce_window_max_pool, x)
+  g = jnp.asarray(rng.normal(size=y.shape).astype(np.float32))
+  np.testing.assert_array_equal(y, y_ref)
+  np.testing.assert_array_equal(vjp(g)[0], vjp_ref(g)[0])
+  # Per window, the whole cotangent lands on one element (no split between ties).
+  dx = np.asarray(vjp(jnp.ones_like(y))[0])
+  assert np.isclose(dx.sum(), y.size) and set(np.unique(dx)) <= {0.0, 1.0}
+
+
+def test_max_pool_gradients_check_and_second_order():
+  x = jax.random.normal(jax.random.key(0), (6, 5, 2))
+  jax.test_util.check_grads(layers._max_pool, (x,), order=2, modes=["rev"], eps=1e-3)
+
+
+@pytest.mark.parametrize("p,tile", [(7, 3), (12, 4), (5, 64), (1, 1)])
+def test_tiled_meta_learners_equal_one_pass_values_and_gradients(p, tile):
+  """coordinatewise: d and m tile by tile (padding dropped, weights' gradients summed
+  over tiles, inputs' gradients too, for second order) = one pass over all coordinates."""
+  k1, k2, k3, k4 = jax.random.split(jax.random.key(p), 4)
+  lstm = meta_learners.init_lstm(k1)
+  lstm["b"] = lstm["b"] + 0.5 * jax.random.normal(k4, lstm["b"].shape)  # not the init symmetry
+  xs = jax.random.normal(k2, (4, p, 2))
+  ct = jax.random.normal(k3, (p,))
+
+  def lstm_loss(apply):
+    return lambda q, x: jnp.sum(apply(q, x) * ct)
+
+  got = jax.value_and_grad(lstm_loss(functools.partial(meta_learners.lstm_apply_tiled, tile=tile)),
+                           argnums=(0, 1))(lstm, xs)
+  want = jax.value_and_grad(lstm_loss(meta_learners.lstm_apply), argnums=(0, 1))(lstm, xs)
+  chex.assert_trees_all_close(got, want, rtol=1e-5, atol=1e-6)
+
+  mlp = meta_learners.init_mlp(k1)
+  x = jax.random.normal(k2, (3, p, 2))  # [S, P, 2]: m on every support example's gradient
+  mct = jax.random.normal(k3, (3, p))
+
+  def mlp_loss(apply):
+    return lambda q, x: jnp.sum(apply(q, x) * mct)
+
+  got = jax.value_and_grad(mlp_loss(functools.partial(meta_learners.mlp_apply_tiled, tile=tile)),
+                           argnums=(0, 1))(mlp, x)
+  want = jax.value_and_grad(mlp_loss(jax.vmap(meta_learners.mlp_apply, in_axes=(None, 0))),
+                            argnums=(0, 1))(mlp, x)
+  chex.assert_trees_all_close(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_tiled_meta_learners_check_grads():
+  """Reverse mode, first and second order (the custom VJP is differentiable again)."""
+  lstm = meta_learners.init_lstm(jax.random.key(0), hidden=3)
+  xs = jax.random.normal(jax.random.key(1), (3, 5, 2))
+  f = functools.partial(meta_learners.lstm_apply_tiled, tile=2)
+  jax.test_util.check_grads(f, (lstm, xs), order=2, modes=["rev"], eps=1e-2, atol=5e-2, rtol=5e-2)
+  mlp = meta_learners.init_mlp(jax.random.key(2), (2, 4, 4, 1))
+  x = jax.random.normal(jax.random.key(3), (7, 2))
+  g = functools.partial(meta_learners.mlp_apply_tiled, tile=3)
+  jax.test_util.check_grads(g, (mlp, x), order=2, modes=["rev"], eps=1e-2, atol=5e-2, rtol=5e-2)
+
+
+def test_tiled_weight_gradient_sums_are_as_accurate_as_one_pass():
+  """The tiles' float32 sums of m's weight gradients (over ~100k coordinates) are
+  no further from a float64 reference than the one-pass sums."""
+  mlp = meta_learners.init_mlp(jax.random.key(0))
+  x = meta_learners.preprocess_gradients(1e-3 * jax.random.normal(jax.random.key(1), (120_000,)))
+  ct = jax.random.normal(jax.random.key(2), (120_000,))
+  tiled = jax.jit(jax.grad(lambda q: jnp.sum(meta_learners.mlp_apply_tiled(q, x) * ct)))(mlp)
+  one = jax.jit(jax.grad(lambda q: jnp.sum(meta_learners.mlp_apply(q, x) * ct)))(mlp)
+  m64 = jax.tree.map(lambda a: np.asarray(a, np.float64), mlp)
+  x64, c64 = np.asarray(x, np.float64), np.asarray(ct, np.float64)
+  h1 = x64 @ m64["w0"] + m64["b0"]
+  a1 = np.maximum(h1, 0)
+  h2 = a1 @ m64["w1"] + m64["b1"]
+  a2 = np.maximum(h2, 0)
+  d2 = (c64[:, None] * m64["w2"][:, 0][None]) * (h2 > 0)
+  d1 = (d2 @ m64["w1"].T) * (h1 > 0)
+  exact = {"w2": a2.T @ c64[:, None], "b2": np.array([c64.sum()]), "w1": a1.T @ d2,
+           "b1": d2.sum(0), "w0": x64.T @ d1, "b0": d1.sum(0)}
+  for name, e in exact.items():
+    scale = np.max(np.abs(e))
+    err_tiled = np.max(np.abs(np.asarray(tiled[name], np.float64) - e)) / scale
+    err_one = np.max(np.abs(np.asarray(one[name], np.float64) - e)) / scale
+    assert err_tiled < max(2 * err_one, 1e-5), (name, err_tiled, err_one)
 
 
 def test_zero_fast_weights_reproduce_slow_network(tiny):

@@ -15,7 +15,7 @@ from memjax.metanet.layers import (MixedWeights, Params, _embedding_hidden, _hid
 from memjax.metanet.memory import attention_weights
 from memjax.metanet.meta_learners import (_chunk_means, _contrastive_grads, _layer_groups,
                                           _meta_out_std, _support_grads, generate_fast_weights,
-                                          init_lstm, init_mlp, lstm_apply, mlp_apply)
+                                          init_lstm, init_mlp, lstm_apply_tiled, mlp_apply_tiled)
 
 EMBEDDING_LOSSES = ("auto", "contrastive", "cross_entropy")
 FAST_LAYERS = ("all", "fc")
@@ -233,7 +233,7 @@ class MetaNet(nn.Module):
                              self.num_classes, self.fast_only_output)
     chunk_grads = _chunk_means(self._meta_info(grads), self.num_chunks)  # [T, layer shape]
     with jax.named_scope("meta_learner_d"):
-      return generate_fast_weights(self.meta_task, chunk_grads, self._groups_emb, lstm_apply,
+      return generate_fast_weights(self.meta_task, chunk_grads, self._groups_emb, lstm_apply_tiled,
                                    lead=1)
 
   def example_fast_weights(self, support_images: jax.Array, support_labels: jax.Array) -> Params:
@@ -257,8 +257,8 @@ class MetaNet(nn.Module):
     grads = self._meta_info(_support_grads(w, _hidden, sx, sy, self.num_classes,
                                            self.fast_only_output))
     with jax.named_scope("meta_learner_m"):
-      return jax.vmap(lambda g: generate_fast_weights(self.meta_example, g, self._groups_base,
-                                                      mlp_apply))(grads)
+      return generate_fast_weights(self.meta_example, grads, self._groups_base, mlp_apply_tiled,
+                                   batch=1)
 
   def representations(self, images: jax.Array, task_fast: Params | None) -> jax.Array:
     """r = u(Q, Q*, x) for [n, H, W, C] images → [n, hidden]."""
