@@ -121,6 +121,24 @@ def test_mixed_weights_conv_gradients_equal_materialised_kernel(s, kernel):
     np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-5)
 
 
+def test_support_loss_features_through_im2col_equal_conv_features_and_gradients():
+  """The meta information's per-example gradients through im2col convolutions
+  equal those through lax.conv (values and per-example kernel gradients)."""
+  shapes = layers.net_shapes((8, 8, 1), 4, 2, 8, 3)
+  params = layers.init_conv_net(jax.random.key(0), shapes)
+  xs = jax.random.uniform(jax.random.key(1), (4, 8, 8, 1))
+  np.testing.assert_allclose(jax.vmap(lambda x: layers._hidden(params, x))(xs),
+                             jax.vmap(lambda x: jax.nn.relu(layers.conv_features(params, None, x)
+                                                            @ params["fc1"]))(xs), rtol=1e-5, atol=1e-6)
+
+  def per_example(features):
+    return jax.vmap(jax.grad(lambda p, x: jnp.sum(jnp.sin(features(p, x)))), in_axes=(None, 0))(params, xs)
+
+  chex.assert_trees_all_close(
+      per_example(layers._embedding_hidden),
+      per_example(lambda p, x: jax.nn.relu(layers.embed(p, None, x))), rtol=1e-4, atol=1e-6)
+
+
 def _reduce_window_max_pool(x):
   h, w, _ = x.shape
   window = (min(h, 2), min(w, 2), 1)

@@ -259,11 +259,35 @@ def embed(slow: Params, fast: Params | None, x: jax.Array) -> jax.Array:
   return _sum_parts(*_linear(conv_features(slow, fast, x), slow, fast, "fc1"))
 
 
+def _im2col_conv(x: jax.Array, kernel: jax.Array) -> jax.Array:
+  """:func:`_conv` as patches @ kernel: [H·W, kh·kw·C] @ [kh·kw·C, F] (no conv op)."""
+  kh, kw, c, f = kernel.shape
+  return (_patches(x, kh, kw) @ kernel.reshape(kh * kw * c, f)).reshape(*x.shape[:2], f)
+
+
+def _slow_features_im2col(slow: Params, x: jax.Array) -> jax.Array:
+  """``conv_features(slow, None, x)`` with every convolution as :func:`_im2col_conv`.
+
+  For the per-example gradients of the meta information (``vmap(grad)`` over
+  the support set): there every example has its own kernel gradient, which
+  XLA makes of a convolution a grouped convolution (``feature_group_count`` =
+  S) and of a matmul a batched matmul; the latter is ~10% of the whole
+  MetaNet step faster on CPU (``benchmarks/metanet_step.py``). Same values.
+  """
+  h, b = x, 0
+  while f"conv{b}" in slow:
+    h = _max_pool(jax.nn.relu(_im2col_conv(h, slow[f"conv{b}"])))
+    b += 1
+  return h.reshape(-1)
+
+
 def _hidden(slow: Params, x: jax.Array) -> jax.Array:
-  """ReLU(f W_1) [hidden], the features entering b's softmax layer (slow weights only)."""
-  return jax.nn.relu(conv_features(slow, None, x) @ slow["fc1"])
+  """ReLU(f W_1) [hidden], the features entering b's softmax layer (slow weights only;
+  the support-loss features, see :func:`_slow_features_im2col`)."""
+  return jax.nn.relu(_slow_features_im2col(slow, x) @ slow["fc1"])
 
 
 def _embedding_hidden(slow: Params, x: jax.Array) -> jax.Array:
-  """ReLU(u(Q, x)) [hidden], the features entering the embedding net's classifier head."""
-  return jax.nn.relu(embed(slow, None, x))
+  """ReLU(u(Q, x)) [hidden], the features entering the embedding net's classifier head
+  (= ReLU(embed(slow, None, x)), through :func:`_slow_features_im2col`)."""
+  return jax.nn.relu(_slow_features_im2col(slow, x) @ slow["fc1"])
