@@ -504,7 +504,8 @@ def main(argv=None) -> list[dict]:
       loss_diff = abs(float(loss) - float(ref_loss))
       close = diff < GRAD_RTOL and loss_diff < 1e-4 * max(1.0, abs(float(ref_loss)))
       as_accurate = (err64 <= FLOAT64_SLACK * base_err64
-                     and abs(float(loss) - float(loss64)) <= FLOAT64_SLACK * base_loss_err64 + 1e-6)
+                     and abs(float(loss) - float(loss64))
+                     <= max(FLOAT64_SLACK * base_loss_err64, 1e-5 * abs(float(loss64))))
       row.update(loss=float(loss), loss_diff=loss_diff, grad_max_rel_diff=diff,
                  grad_rel_err_vs_float64=err64, float32_rounding_grad_rel_err=base_err64,
                  gflop=sum(v.get("flops", 0) for v in work.values()) / 1e9,
