@@ -42,10 +42,10 @@ Run it on a quiet machine: the timed rounds of the variants alternate, so a
 load that changes slowly affects them alike, but a loaded machine makes every
 figure noisy.
 
-Where the work is (``--no-timing --profile``, JAX 0.10.2 CPU; the
-default model, first order, value_and_grad of one episode, 10 queries per
-class; GFLOP of dots and convolutions and GB of operands + results, loop bodies
-× trip count):
+Where the work was before the speed work (the ``reference``;
+``--no-timing --profile``, JAX 0.10.2 CPU; the default model, first order,
+value_and_grad of one episode, 10 queries per class; GFLOP of dots and
+convolutions and GB of operands + results, loop bodies × trip count):
 
 =========================================  ===============  ===============
 part                                        5-way GFLOP / GB  20-way GFLOP / GB
@@ -60,25 +60,38 @@ total                                        26.0 / 13.4       75.2 / 23.1
 =========================================  ===============  ===============
 
 * XLA's ``cost_analysis()`` gives 17.0 / 64.7 GFLOP because it counts the
-  LSTM's 5-step loop once; with the loop counted the step at 0.70 s / 3.17 s
-  (quiet-machine figures) runs at 37 / 24 GFLOP/s, i.e. ~43% / 28%
-  of the 86 GFLOP/s fp32 matmul peak measured in the README, not 8–20%.
-* At 5-way the step is bound by memory traffic: 13.4 GB in 0.70 s is ~19 GB/s,
-  and three quarters of the bytes are the coordinate-wise LSTM d (its [80, P]
-  gate arrays, P = 148k, written and read at every step, forward, recomputed
-  under ``jax.checkpoint`` and backward). Without the checkpoint
-  (``lstm_no_remat``) it does 2.7 GFLOP less but moves ~10 GB more.
-* At 20-way two thirds of the FLOPs are the convolutions of the embedding net
-  (220 images, slow and Q* branches) and of the base learner on the 200
-  queries (slow branch and the retrieved fast kernels as im2col matmuls).
-* The per-example kernel gradients of the meta information become grouped
-  convolutions (``feature_group_count`` = S, 10 of them); ``im2col_support``
-  turns them into batched matmuls.
-* Bounds: at the matmul peak the same FLOPs take ≥ 0.30 s (5-way) and ≥ 0.87 s
-  (20-way), so ≥ 2.5× over 0.70 s / 3.17 s needs ~93 / ~59 GFLOP/s sustained
-  over the whole step; the 5-way target is above the peak, so it is out of
-  reach without doing less work (which changes the model: a smaller meta
-  LSTM, fewer fast-weight coordinates, lower precision).
+  LSTM's 5-step loop once; with the loop counted the reference step does
+  26.0 / 75.2 GFLOP.
+* Before the speed work the meta learners were bound by memory traffic: d's
+  [80, P] gate arrays (P = 148k) and m's [S·P, 20] activations were written
+  and read at every step, forward, recomputed and backward. They now run tile
+  by tile (``memjax.metanet.meta_learners.coordinatewise``: 2,048 / 8,192
+  coordinates per tile, the backward pass recomputes a tile and takes its VJP
+  there), so a tile's intermediates stay in cache; the "GB" column counts
+  those in-cache reads and writes too, which is why it grew.
+* A profile (``jax.profiler`` trace, thunks mapped to the named scopes) of
+  the step before the work: d ~36%, m ~21%, the max-pool's gradient ~13%
+  (XLA:CPU lowers reduce_window's gradient to a reduce-window over int32 index
+  arrays), convolutions ~25%. The patch gradient of the retrieved conv fast
+  weights at the small late layers was a batched matmul with a strided
+  contraction (180 + 133 ms at 20-way); forming the mixed kernel as
+  [F, kh·kw·C] makes it contiguous (3–10× faster in isolation).
+* Measured 2026-12-02 (AMD EPYC, 2 cores, 310 GFLOP/s fp32 matmul peak in the
+  same session): the tiling is most of the gain (the step with it undone runs
+  at 1.18× / 2.3× instead of 1.58× / 3.2×), the reshape max-pool adds ~20% at
+  20-way; the kernel layout and the im2col support gradients are within the
+  ±15% run-to-run noise of the full step. The reference's own time varies by
+  ±20% between runs (memory-bound; 20-way 2.9–4.1 s), so the 20-way ratio has
+  read 2.1× to 3.2× in different runs.
+* What is left at 5-way: d (~175 ms of ~420) runs its tile loop on one core
+  (XLA:CPU's while loops execute their small thunks one at a time; two
+  independent loops did not overlap either), and the convolutions of u and b
+  on the 55 images (~150 ms). Tried and dropped: unrolling d's 5 steps or a
+  hand-written LSTM backward (1.5–2× slower: XLA fuses the straight-line code
+  worse), a coordinate-major LSTM tile (1.5× slower), queries in chunks
+  through ``lax.map`` (3× slower: inside a loop XLA:CPU uses its plain
+  convolution, not YNNPACK) or unrolled (no gain), a 9-shift convolution for
+  the mixed kernels (1.8× slower backward).
 """
 
 from __future__ import annotations
