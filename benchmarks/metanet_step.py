@@ -480,6 +480,8 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--no-timing", action="store_true", help="check equality and count work only")
   p.add_argument("--profile", action="store_true", help="print the work per part of every variant")
   p.add_argument("--quick", action="store_true", help="a tiny model (smoke test)")
+  p.add_argument("--ablate", choices=["none", "no_task"], default="none",
+                 help="no_task: MetaNet− (no task-level fast weights), as the trainings run")
   p.add_argument("--out", default="runs/bench_metanet_step")
   return p
 
@@ -493,7 +495,9 @@ def main(argv=None) -> list[dict]:
     parser.error(f"--variants: expected names from {VARIANTS}, got {bad or args.variants!r}")
   if min(args.ways) < 2:
     parser.error(f"--ways: expected ways >= 2, got {args.ways}")
-  model_kw = QUICK_MODEL if args.quick else DEFAULT_MODEL
+  model_kw = dict(QUICK_MODEL if args.quick else DEFAULT_MODEL)
+  if args.ablate == "no_task":
+    model_kw["use_task_fast_weights"] = False
   common.ensure_dir(args.out)
   env = common.environment()
   rows, sections = [], []
@@ -542,7 +546,8 @@ def main(argv=None) -> list[dict]:
                                            r["grad_rel_err_vs_float64"],
                                            r["float32_rounding_grad_rel_err"],
                                            "yes" if r["same_math"] else "**no**"] for r in rows])
-  model = "tiny (--quick)" if args.quick else "the authors' Omniglot model"
+  model = ("tiny (--quick)" if args.quick else "the authors' Omniglot model") + (
+      ", MetaNet− (--ablate no_task)" if args.ablate == "no_task" else "")
   text = "\n".join([f"# MetaNet train step: variants ({model})", "", common.environment_markdown(env), "",
                     table, "", *sections])
   common.write_text(f"{args.out}/metanet_step.md", text)

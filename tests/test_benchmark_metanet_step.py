@@ -80,6 +80,15 @@ def test_hlo_work_multiplies_loop_bodies_by_their_trip_count():
   assert flops == 7 * 2 * 16 ** 3
 
 
+def test_metanet_minus_steps_equal_the_reference(tmp_path):
+  """--ablate no_task (the trainings' MetaNet−): the current step is the reference's function."""
+  rows = metanet_step.main(["--quick", "--ways", "3", "--ablate", "no_task", "--variants",
+                            "reference,current", "--no-timing", "--out", str(tmp_path)])
+  assert [r["same_math"] for r in rows] == [True, True]
+  assert rows[1]["grad_max_rel_diff"] < metanet_step.GRAD_RTOL
+  assert "MetaNet−" in (tmp_path / "metanet_step.md").read_text()
+
+
 def test_bad_variant_exits_2(tmp_path):
   with pytest.raises(SystemExit) as e:
     metanet_step.main(["--quick", "--variants", "fastest", "--out", str(tmp_path)])
