@@ -40,8 +40,7 @@ import jax.numpy as jnp
 import optax
 
 from memjax import cli, evaluation, training
-from memjax.cli import (non_negative_float, non_negative_int, positive_float, positive_int,
-                        unit_float)
+from memjax.cli import non_negative_int, positive_float, positive_int, unit_float
 from memjax.data import episodes as episodes_lib
 from memjax.data import omniglot
 from memjax.mann import WRITE_MODES, LSTMCell, MANNCell, mann_loss, per_instance_counts, unroll
@@ -111,11 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--write", choices=list(WRITE_MODES), default="add",
                  help="what each LRUA head writes: 'add' a separate add vector a_t (snowkylin/ntm, "
                       "tristandeleu/ntm-one-shot), 'key' the read key (paper-literal)")
-  p.add_argument("--max-shift", type=non_negative_int, default=0,
-                 help="training-time jitter: translate each image by up to this many pixels")
-  p.add_argument("--max-rotation", type=non_negative_float, default=0.0,
-                 help="training-time jitter: rotate each image by up to ± this many degrees "
-                      "(snowkylin/ntm: 11.25); test episodes are never jittered")
+  cli.add_jitter_flags(p)
   p.add_argument("--image-size", type=positive_int, default=20, help="side of the resized images")
   p.add_argument("--checkpoint-every", type=positive_int, default=500, help="checkpoint every this many steps")
   p.add_argument("--log-every", type=positive_int, default=50, help="metrics line every this many steps")
@@ -148,8 +143,6 @@ def parse_args(parser: argparse.ArgumentParser, argv=None) -> argparse.Namespace
     parser.error(f"--num-classes ({n}) must be at most 3125 for distinct string labels")
   if args.model == "mann" and args.read_heads > args.memory_size:
     parser.error(f"--read-heads ({args.read_heads}) must be at most --memory-size ({args.memory_size})")
-  if args.max_rotation > 180:
-    parser.error(f"--max-rotation ({args.max_rotation}) must be at most 180 degrees")
   if args.samples_per_class > omniglot.NUM_DRAWERS:
     parser.error(f"--samples-per-class ({args.samples_per_class}) must be at most the "
                  f"{omniglot.NUM_DRAWERS} drawers per character")

@@ -7,6 +7,9 @@ support example per class), Adam 1e-3 with gradients clipped at 10, one
 episode per update (as the authors' code; ``--lr-drop-steps`` for a step
 decay), 10 queries per class, random 90° rotations as new classes during
 training, train on the 1,200 characters of the 1200/423 split (Table 1).
+``--max-shift`` / ``--max-rotation`` add per-image jitter (a shift of a few
+pixels, a small rotation) to the training episodes, off by default: a training
+recipe choice, not the authors'; test episodes are never jittered.
 
     python experiments/omniglot_metanet.py --data-dir /work/shared/data/omniglot
     python experiments/omniglot_metanet.py --num-classes 20 --workdir runs/metanet_20way
@@ -44,6 +47,7 @@ default model took 23 min on 2 CPU cores shared with another training run).
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import time
@@ -126,6 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
                       "softmax layer of fast weights only, Table 4)")
   p.add_argument("--num-query", type=positive_int, default=10, help="queries per class")
   p.add_argument("--batch-size", type=positive_int, default=1, help="episodes per update")
+  cli.add_jitter_flags(p)
   p.add_argument("--steps", type=positive_int, default=100_000,
                  help="total training steps (updates of --batch-size episodes), counting resumed ones")
   p.add_argument("--max-minutes", type=positive_float, default=60.0,
@@ -373,7 +378,8 @@ def main(argv=None) -> dict:
   run = open_run(parser, args, config)
   loss_fn = episode_loss(model, train_images, batch_size=args.batch_size,
                          num_classes=args.num_classes, num_query=args.num_query,
-                         rotate=True, sampler=sample_few_shot)  # rotations: new classes
+                         rotate=True, sampler=functools.partial(  # rotations: new classes
+                             sample_few_shot, max_shift=args.max_shift, max_rotation=args.max_rotation))
 
   def curve(p) -> dict:  # the learning curve's test points: episodes of eval_key(1)
     return dict(zip(("test_accuracy", "test_ci95"),

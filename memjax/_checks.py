@@ -109,6 +109,10 @@ def unit_float(text) -> float:
   return _number(text, float, "a number in [0, 1]", lambda v: 0 <= v <= 1)
 
 
+def rotation_degrees(text) -> float:
+  return _number(text, float, "degrees in [0, 180]", lambda v: 0 <= v <= 180)
+
+
 def lr_schedule(text) -> list[list]:
   """``STEP:LR[,STEP:LR...]``: from step STEP on, learning rate LR; steps
   positive and increasing, rates positive, e.g. ``5000:1e-4,8000:1e-3``."""

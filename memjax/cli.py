@@ -17,11 +17,12 @@ import os
 import sys
 
 from memjax._checks import (int_list, lr_schedule, non_negative_float, non_negative_int,
-                            positive_float, positive_int, unit_float)
+                            positive_float, positive_int, rotation_degrees, unit_float)
 
-__all__ = ["HelpFormatter", "check_lr_flags", "enable_compilation_cache", "int_list", "load_omniglot",
-           "lr_schedule", "non_negative_float", "non_negative_int", "parser", "positive_float", "positive_int",
-           "run", "unit_float", "write_json"]
+__all__ = ["HelpFormatter", "add_jitter_flags", "add_lr_drop_flags", "check_lr_flags",
+           "enable_compilation_cache", "int_list", "load_omniglot", "lr_schedule", "non_negative_float",
+           "non_negative_int", "parser", "positive_float", "positive_int", "rotation_degrees", "run",
+           "unit_float", "write_json"]
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -59,6 +60,17 @@ def add_lr_drop_flags(p: argparse.ArgumentParser) -> None:
                       "STEP on (e.g. 5000:1e-4,8000:1e-3,12000:1e-4; the same as changing --lr on --resume "
                       "at those steps); on --resume it may change only after the checkpoint; exclusive "
                       "with --lr-drop-steps")
+
+
+def add_jitter_flags(p: argparse.ArgumentParser) -> None:
+  """``--max-shift`` and ``--max-rotation``: per-image jitter of the training
+  episodes (the samplers' ``max_shift`` / ``max_rotation``); test episodes are
+  never jittered."""
+  p.add_argument("--max-shift", type=non_negative_int, default=0,
+                 help="training-time jitter: translate each image by up to this many pixels")
+  p.add_argument("--max-rotation", type=rotation_degrees, default=0.0,
+                 help="training-time jitter: rotate each image by up to ± this many degrees "
+                      "(snowkylin/ntm: 11.25); test episodes are never jittered")
 
 
 def check_lr_flags(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:

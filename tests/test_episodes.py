@@ -315,3 +315,45 @@ def test_mann_rotation_augmentation():
   assert jit.inputs.shape == plain.inputs.shape and jit.targets.shape == plain.targets.shape
   with pytest.raises(ValueError, match="max_rotation"):
     ep.sample_mann_episodes(jax.random.key(3), images, max_rotation=-1.0, **kw)
+
+
+def _shifts(img: np.ndarray, max_shift: int) -> list[np.ndarray]:
+  """Every translation of ``img [H, W]`` by up to ``max_shift`` pixels per axis, zero fill."""
+  h, w = img.shape
+  padded = np.pad(img, max_shift)
+  return [padded[i:i + h, j:j + w] for i in range(2 * max_shift + 1) for j in range(2 * max_shift + 1)]
+
+
+def test_few_shot_jitter_moves_pixels_only():
+  """Jitter keeps an episode's characters, drawers, 90° rotations, labels and order (the
+  same key without jitter) and moves each image by its own shift; 0 is no jitter at all."""
+  rng = np.random.default_rng(2)
+  images = jnp.asarray(rng.random((C, K, H, H), dtype=np.float32))
+  kw = dict(batch_size=4, num_classes=N, num_support=1, num_query=3)
+  plain = ep.sample_few_shot(jax.random.key(7), images, **kw)
+  zero = ep.sample_few_shot(jax.random.key(7), images, max_shift=0, max_rotation=0.0, **kw)
+  for a, b in zip(plain, zero):
+    np.testing.assert_array_equal(a, b)
+  moved = ep.sample_few_shot(jax.random.key(7), images, max_shift=1, **kw)
+  np.testing.assert_array_equal(moved.support_labels, plain.support_labels)
+  np.testing.assert_array_equal(moved.query_labels, plain.query_labels)
+  offsets = []
+  for before, after in ((plain.support, moved.support), (plain.query, moved.query)):
+    before, after = np.asarray(before)[..., 0], np.asarray(after)[..., 0]
+    for x, y in zip(before.reshape(-1, H, H), after.reshape(-1, H, H)):
+      match = [np.array_equal(s, y) for s in _shifts(x, 1)]
+      assert sum(match) == 1  # a translation of this very image, by at most 1 pixel
+      offsets.append(match.index(True))
+  assert len(set(offsets)) > 4  # each image its own shift
+  spun = ep.sample_few_shot(jax.random.key(7), images, max_rotation=15.0, **kw)
+  np.testing.assert_array_equal(spun.query_labels, plain.query_labels)
+  assert not np.array_equal(spun.query, plain.query)
+  assert np.all((np.asarray(spun.query) >= 0.0) & (np.asarray(spun.query) <= 1.0 + 1e-6))
+
+
+@pytest.mark.parametrize("bad", [dict(max_shift=-1), dict(max_shift=1.5), dict(max_rotation=-1.0),
+                                 dict(max_rotation=181.0), dict(max_rotation=True)])
+def test_few_shot_jitter_bad_arguments(bad):
+  images = jnp.zeros((C, K, H, H), jnp.float32)
+  with pytest.raises(ValueError, match=next(iter(bad))):
+    ep.sample_few_shot(jax.random.key(0), images, batch_size=1, num_classes=N, **bad)

@@ -609,11 +609,11 @@ def experiment():
 
 def test_experiment_smoke(omniglot_dir, tmp_path, monkeypatch, capsys):
   module = experiment()
-  calls = []  # (characters of the images, rotate) of every episode sampler call
+  calls = []  # (characters of the images, rotate, max_shift, max_rotation) of every sampler call
   sampler = module.sample_few_shot
 
   def recording(key, images, **kw):
-    calls.append((int(images.shape[0]), kw["rotate"]))
+    calls.append((int(images.shape[0]), kw["rotate"], kw.get("max_shift", 0), kw.get("max_rotation", 0)))
     return sampler(key, images, **kw)
 
   monkeypatch.setattr(module, "sample_few_shot", recording)
@@ -622,7 +622,7 @@ def test_experiment_smoke(omniglot_dir, tmp_path, monkeypatch, capsys):
            str(tmp_path), "--no-progress", "--eval-episodes", "4"]
   results = module.main(flags + ["--train-split", "small1", "--test-split", "small2", "--steps", "3",
                                  "--log-every", "1", "--eval-every", "0", "--test-num-classes", "3,5",
-                                 "--test-num-classes", "10"])
+                                 "--test-num-classes", "10", "--max-shift", "2", "--max-rotation", "11.25"])
   saved = json.loads((tmp_path / "results.json").read_text())
   assert saved["steps"] == results["steps"] == 3
   assert saved["paper_accuracy"] == 98.4 and saved["paper_row"].startswith("MetaNet−")  # no_task
@@ -631,9 +631,11 @@ def test_experiment_smoke(omniglot_dir, tmp_path, monkeypatch, capsys):
   assert 0.0 <= saved["test_accuracy"] <= 100.0
   assert saved["episodes_per_hour"] > 0
   assert (tmp_path / "learning_curve.png").exists()
-  # Training episodes are rotated (small1, 136 characters), test episodes not (small2, 156).
-  assert {c for c in calls if c[0] == 136} == {(136, True)}
-  assert {c for c in calls if c[0] == 156} == {(156, False)}
+  # Training episodes are rotated and jittered (small1, 136 characters), test episodes neither
+  # (small2, 156).
+  assert {c for c in calls if c[0] == 136} == {(136, True, 2, 11.25)}
+  assert {c for c in calls if c[0] == 156} == {(156, False, 0, 0)}
+  assert (saved["config"]["max_shift"], saved["config"]["max_rotation"]) == (2, 11.25)
   # K-way tests (Table 4): K != N through a K-way softmax layer of fast weights only.
   kw = saved["k_way"]
   assert sorted(kw) == ["10", "3", "5"]
@@ -855,7 +857,8 @@ def test_experiment_resume_refuses_a_run_of_the_earlier_metanet(tmp_path, capsys
                                    ["--steps", "two"], ["--test-num-classes", "1"],
                                    ["--test-num-classes", "5,x"], ["--train-split", "nope"],
                                    ["--test-split", "images_evaluation"],
-                                   ["--embedding-loss", "triplet"], ["--eval-only", "--resume"]])
+                                   ["--embedding-loss", "triplet"], ["--eval-only", "--resume"],
+                                   ["--max-shift", "-1"], ["--max-rotation", "181"]])
 def test_experiment_bad_flags_exit_2(flags, capsys):
   main = experiment().main
   with pytest.raises(SystemExit) as e:

@@ -172,6 +172,28 @@ def _pick(draws: _Draws, images: jax.Array, num_classes: int, per_class: int,
   return x
 
 
+def _check_jitter(max_shift, max_rotation) -> tuple[int, float]:
+  max_shift = _check_int("max_shift", max_shift, 0)
+  if (isinstance(max_rotation, bool) or not isinstance(max_rotation, (int, float, np.floating))
+      or not 0 <= max_rotation <= 180):
+    raise ValueError(f"argument `max_rotation`: expected degrees in [0, 180], got {max_rotation!r}")
+  return max_shift, max_rotation
+
+
+def _jitter(draws: _Draws, x: jax.Array, max_shift: int, max_rotation: float) -> jax.Array:
+  """Per-image jitter of ``x [T, H, W]``: a shift of up to ``max_shift`` pixels
+  per axis, then a rotation uniform in ``±max_rotation`` degrees (uses ``2 T``
+  uniforms, plus ``T`` when ``max_rotation``)."""
+  t = x.shape[0]
+  offsets = _randint(draws.take(t, 2), 2 * max_shift + 1)
+  if max_shift:
+    x = _shift(offsets, x, max_shift)
+  if max_rotation:
+    angles = (2.0 * draws.take(t) - 1.0) * (max_rotation * np.pi / 180)
+    x = _rotate_small(angles, x.astype(jnp.float32)).astype(x.dtype)
+  return x
+
+
 def _shift(offsets: jax.Array, x: jax.Array, max_shift: int) -> jax.Array:
   """Translates each image of ``x [T, H, W]``, zero fill.
 
@@ -240,10 +262,7 @@ def sample_mann_episodes(key: jax.Array, images: jax.Array, *, batch_size: int,
   batch_size = _check_int("batch_size", batch_size, 1)
   n = _check_int("num_classes", num_classes, 1)
   s = _check_int("samples_per_class", samples_per_class, 1)
-  max_shift = _check_int("max_shift", max_shift, 0)
-  if (isinstance(max_rotation, bool) or not isinstance(max_rotation, (int, float, np.floating))
-      or not 0 <= max_rotation <= 180):
-    raise ValueError(f"argument `max_rotation`: expected degrees in [0, 180], got {max_rotation!r}")
+  max_shift, max_rotation = _check_jitter(max_shift, max_rotation)
   _check_label_mode(label_mode)
   if n > c:
     raise ValueError(f"argument `num_classes`: expected at most the {c} characters of `images`, "
@@ -273,12 +292,7 @@ def sample_mann_episodes(key: jax.Array, images: jax.Array, *, batch_size: int,
       powers = STRING_SYMBOLS ** jnp.arange(STRING_LENGTH)
       strings = (codes[:, None] // powers) % STRING_SYMBOLS  # [N, 5]
       targets = strings[cls]  # [T, 5]
-    offsets = _randint(draws.take(t, 2), 2 * max_shift + 1)
-    if max_shift:
-      x = _shift(offsets, x, max_shift)
-    if max_rotation:
-      angles = (2.0 * draws.take(t) - 1.0) * (max_rotation * np.pi / 180)
-      x = _rotate_small(angles, x.astype(jnp.float32)).astype(x.dtype)
+    x = _jitter(draws, x, max_shift, max_rotation)
     targets = targets.astype(jnp.int32)
     enc = encode_labels(targets, num_classes=n, label_mode=label_mode)  # [T, L]
     prev = jnp.concatenate([jnp.zeros_like(enc[:1]), enc[:-1]], axis=0)
@@ -291,10 +305,11 @@ def sample_mann_episodes(key: jax.Array, images: jax.Array, *, batch_size: int,
 
 
 @functools.partial(jax.jit, static_argnames=("batch_size", "num_classes", "num_support",
-                                             "num_query", "rotate"))
+                                             "num_query", "rotate", "max_shift", "max_rotation"))
 def sample_few_shot(key: jax.Array, images: jax.Array, *, batch_size: int, num_classes: int,
                     num_support: int = 1, num_query: int = 10,
-                    rotate: bool = True) -> FewShotEpisode:
+                    rotate: bool = True, max_shift: int = 0,
+                    max_rotation: float = 0.0) -> FewShotEpisode:
   """Samples a batch of N-way few-shot episodes, on device.
 
   Per episode: ``num_classes`` distinct characters (each randomly rotated by a
@@ -311,6 +326,16 @@ def sample_few_shot(key: jax.Array, images: jax.Array, *, batch_size: int, num_c
     num_support: ``S`` support images per class.
     num_query: ``Q`` query images per class, ``S + Q <= K``.
     rotate: random rotation per class, making rotated characters new classes.
+    max_shift: random integer translation of every support and query image
+      by up to this many pixels along each axis (zero fill); 0 disables it.
+    max_rotation: random rotation of every support and query image by an
+      angle uniform in ``[-max_rotation, max_rotation]`` degrees (bilinear,
+      zero fill), on top of the per-class 90° rotations; 0 disables it. The
+      same per-image jitter as :func:`sample_mann_episodes`' — a training-time
+      augmentation, never applied to test episodes. Its draws come from
+      ``fold_in(key, 1)``, so the characters, drawers, labels and order of an
+      episode are those of the same key without jitter (and with both 0 the
+      episodes are exactly the unjittered ones).
 
   Returns:
     A :class:`FewShotEpisode`: ``support [B, N*S, H, W, 1]``, ``support_labels``
@@ -331,12 +356,17 @@ def sample_few_shot(key: jax.Array, images: jax.Array, *, batch_size: int, num_c
   if ns + nq > k:
     raise ValueError(f"arguments `num_support` + `num_query`: expected at most the {k} drawers "
                      f"of `images`, got {ns} + {nq} = {ns + nq}")
+  max_shift, max_rotation = _check_jitter(max_shift, max_rotation)
 
   num_draws = _pick_draws(c, k, n, ns + nq) + n * ns + n * nq
+  t = n * (ns + nq)
+  jitter_draws = 2 * t + t  # shift offsets, rotation angles
 
-  def episode(u):
+  def episode(u, v):
     draws = _Draws(u)
     x = _pick(draws, images, n, ns + nq, rotate)  # [N, S+Q, H, W]
+    if max_shift or max_rotation:
+      x = _jitter(_Draws(v), x.reshape(t, h, w), max_shift, max_rotation).reshape(x.shape)
     sup_perm = _distinct(draws.take(n * ns), n * ns)
     qry_perm = _distinct(draws.take(n * nq), n * nq)
     support = x[:, :ns].reshape(n * ns, h, w)[sup_perm]
@@ -345,4 +375,7 @@ def sample_few_shot(key: jax.Array, images: jax.Array, *, batch_size: int, num_c
     qry_labels = jnp.repeat(jnp.arange(n, dtype=jnp.int32), nq)[qry_perm]
     return FewShotEpisode(support[..., None], sup_labels, query[..., None], qry_labels)
 
-  return jax.vmap(episode)(jax.random.uniform(key, (batch_size, num_draws)))
+  u = jax.random.uniform(key, (batch_size, num_draws))
+  if not (max_shift or max_rotation):
+    return jax.vmap(lambda ui: episode(ui, None))(u)
+  return jax.vmap(episode)(u, jax.random.uniform(jax.random.fold_in(key, 1), (batch_size, jitter_draws)))
