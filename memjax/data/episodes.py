@@ -360,7 +360,7 @@ def sample_few_shot(key: jax.Array, images: jax.Array, *, batch_size: int, num_c
 
   num_draws = _pick_draws(c, k, n, ns + nq) + n * ns + n * nq
   t = n * (ns + nq)
-  jitter_draws = 2 * t + t  # shift offsets, rotation angles
+  jitter_draws = 3 * t  # _jitter: 2 T shift offsets, T rotation angles
 
   def episode(u, v):
     draws = _Draws(u)
