@@ -240,7 +240,7 @@ class TrainStep:
     return time.perf_counter() - t0
 
 
-def compile_train_step(loss_fn: Callable, params, optimizer, seed: int = 0) -> TrainStep:
+def compile_train_step(loss_fn: Callable, params, optimizer, seed: int = 0, mesh=None) -> TrainStep:
   """:func:`memjax.training.make_step` of ``loss_fn`` with ``optimizer``, compiled (timed apart).
 
   Args:
@@ -248,11 +248,16 @@ def compile_train_step(loss_fn: Callable, params, optimizer, seed: int = 0) -> T
     params: the initial parameters.
     optimizer: an optax transformation.
     seed: the step's key is ``jax.random.key(seed + 1)``.
+    mesh: None (one device), or a ``"data"`` mesh (:func:`memjax.training.data_mesh`)
+      to run the step data-parallel as :func:`memjax.training.fit` does (the
+      state replicated; ``loss_fn`` splits its batch with ``training.shard_batch``).
   """
   import jax
   from memjax import training
   state = training.init_state(params, optimizer)
-  step = training.make_step(loss_fn, optimizer, jax.random.key(seed + 1))
+  if mesh is not None:
+    state = training.replicate(state, mesh)
+  step = training.make_step(loss_fn, optimizer, jax.random.key(seed + 1), mesh)
   cpu0 = time.process_time()
   compiled = compile_fn(step, state)
   cpu = time.process_time() - cpu0

@@ -10,7 +10,12 @@ synthetic episodes. Variants compute the same loss and gradients
 * ``unroll``: :func:`memjax.mann.unroll` (the controller's input projection and
   the output layer as single matmuls outside the ``lax.scan``), autodiff LRUA;
 * ``custom_vjp``: ``nn.RNN(MANNCell)`` with the hand-written LRUA backward;
-* ``current``: both — what ``experiments/omniglot_mann.py`` trains with.
+* ``current``: both — what ``experiments/omniglot_mann.py`` trains with;
+* ``data_parallel``: ``current`` with the batch split over ``--devices`` host
+  CPU devices (``--xla_force_host_platform_device_count``, the state
+  replicated, gradients all-reduced), as ``omniglot_mann.py`` runs when JAX
+  sees several devices. Whether splitting the 2 cores into 2 devices beats
+  XLA:CPU's own intra-op threads on one is what it measures.
 
 Timed runs alternate (previous, unroll, …, previous, …) in one process; the
 table gives median ms/step, episodes/s and the speed relative to ``previous``.
@@ -22,11 +27,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 
 from benchmarks import common, throughput_mann
 from memjax.cli import int_list
 
-VARIANTS = ("previous", "unroll", "custom_vjp", "current")
+VARIANTS = ("previous", "unroll", "custom_vjp", "current", "data_parallel")
 
 
 @contextlib.contextmanager
@@ -49,8 +55,12 @@ def build(variant: str, batch: int, *, seq_len: int = 50, classes: int = 5, imag
   cfg = dict(throughput_mann.CONFIG, batch=batch, seq_len=seq_len, num_classes=classes, image_size=image_size)
   if quick:
     cfg.update(memory_size=16, word_size=8, read_heads=2, controller=16)
+  mesh = None
+  if variant == "data_parallel":
+    from memjax import training
+    mesh = training.data_mesh()
   with _autodiff_lrua(variant in ("previous", "unroll")):
-    js = throughput_mann.build_step(cfg, seed, unroll=variant in ("unroll", "current"))
+    js = throughput_mann.build_step(cfg, seed, unroll=variant in ("unroll", "current", "data_parallel"), mesh=mesh)
   state, loss, _, _ = js.executable(js.state)
   return js.executable, state, js.compiled.total_s, float(loss)
 
@@ -70,14 +80,31 @@ def main(argv=None) -> list[dict]:
   p.add_argument("--variants", default=",".join(VARIANTS), help=f"'previous' first, then any of {VARIANTS}")
   p.add_argument("--rounds", type=int, default=None, help="alternating rounds (default 7; quick: 1)")
   p.add_argument("--run-seconds", type=float, default=None, help="seconds per timed run (default 1; quick: 0.05)")
+  p.add_argument("--devices", type=int, default=2,
+                 help="host CPU devices for the data_parallel variant (default 2; sets "
+                      "--xla_force_host_platform_device_count unless XLA_FLAGS already does)")
   p.add_argument("--out", default="runs/bench_mann_step")
   args = p.parse_args(argv)
   variants = [v.strip() for v in args.variants.split(",") if v.strip()]
   if sorted(set(variants) - set(VARIANTS)) or variants[:1] != ["previous"]:
     p.error(f"--variants: expected 'previous' first, then any of {VARIANTS}; got {variants}")
   q = args.quick
+  batches = args.batches or ([2] if q else [16, 64])
+  if "data_parallel" in variants:
+    if args.devices < 2:
+      p.error(f"--devices: expected at least 2 for the data_parallel variant, got {args.devices}")
+    flags = os.environ.get("XLA_FLAGS", "")
+    if "xla_force_host_platform_device_count" not in flags:  # read when JAX first starts its CPU backend
+      os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={args.devices}".strip()
+    import jax
+    n = jax.device_count()
+    if n < 2:
+      p.error("--variants data_parallel: JAX sees 1 device (its backend started before the flag could be set); "
+              f"run with XLA_FLAGS=--xla_force_host_platform_device_count={args.devices}")
+    if any(b % n for b in batches):
+      p.error(f"--batches: every batch must divide over the {n} devices for data_parallel, got {batches}")
   rows = []
-  for b in args.batches or ([2] if q else [16, 64]):
+  for b in batches:
     rows += compare(b, variants, rounds=args.rounds or (1 if q else 7), run_s=args.run_seconds or (0.05 if q else 1.0),
                     quick=q)
     common.log(f"batch {b}: " + ", ".join(f"{r['variant']} {r['speed_vs_previous']:.2f}×"

@@ -48,7 +48,7 @@ def episodes(key, batch: int, seq_len: int, num_classes: int, image_size: int):
   return jnp.concatenate([images, prev], axis=-1), labels
 
 
-def build_step(cfg: dict = CONFIG, seed: int = 0, *, unroll: bool = True) -> common.TrainStep:
+def build_step(cfg: dict = CONFIG, seed: int = 0, *, unroll: bool = True, mesh=None) -> common.TrainStep:
   """The memjax MANN (LRUA) Omniglot-shaped train step, compiled (compile timed apart).
 
   ``mann.unroll(MANNCell)`` (``nn.RNN``'s logits with the input projection and
@@ -56,7 +56,9 @@ def build_step(cfg: dict = CONFIG, seed: int = 0, *, unroll: bool = True) -> com
   ``unroll=False``, ``nn.RNN(MANNCell)`` itself) over B synthetic
   :func:`episodes` of T steps drawn on device inside the step,
   ``mann.mann_loss`` (softmax cross-entropy averaged over B·T), Adam 1e-3 after
-  clipping every gradient component to ±10 (``training.make_step``).
+  clipping every gradient component to ±10 (``training.make_step``). With a
+  ``mesh`` the batch is split over its devices (``training.shard_batch``), as
+  ``experiments/omniglot_mann.py`` does under several devices.
   """
   import flax.linen as nn
   import jax
@@ -72,10 +74,11 @@ def build_step(cfg: dict = CONFIG, seed: int = 0, *, unroll: bool = True) -> com
   params = model.init(jax.random.key(seed), x)
 
   def loss_fn(p, key):
-    inputs, labels = episodes(key, *shape)
+    inputs, labels = training.shard_batch(episodes(key, *shape))
     return mann.mann_loss(apply(p, inputs), labels), {}
 
-  return common.compile_train_step(loss_fn, params, training.make_optimizer("adam", 1e-3, clip=10.0), seed)
+  return common.compile_train_step(loss_fn, params, training.make_optimizer("adam", 1e-3, clip=10.0), seed,
+                                   mesh=mesh)
 
 
 def torch_reference(cfg: dict = CONFIG, seed: int = 0) -> common.TorchReference:

@@ -169,7 +169,8 @@ def make_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, seed_key
 
   ``finite`` is False when the loss or any gradient is NaN/Inf; the returned
   state is then the input state unchanged. With a ``mesh`` the step runs under
-  it (see :func:`shard_batch`) and the state stays replicated.
+  it (see :func:`shard_batch`) and the state stays replicated; ``step.lower(state)``
+  lowers it ahead of time either way.
   """
 
   def step(state: TrainState):
@@ -196,6 +197,11 @@ def make_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, seed_key
     with jax.set_mesh(mesh):
       return jitted(state)
 
+  def lower(state):
+    with jax.set_mesh(mesh):
+      return jitted.lower(state)
+
+  run.lower = lower  # ahead-of-time compilation, as a jitted function's: step.lower(state).compile()
   return run
 
 

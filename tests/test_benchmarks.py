@@ -337,6 +337,39 @@ def test_mann_step_benchmark_quick(tmp_path):
   assert (tmp_path / "mann_step.md").exists()
 
 
+def test_mann_step_data_parallel_variant_same_first_loss(tmp_path):
+  """The data_parallel variant (2 host devices, set by the benchmark itself before JAX starts)
+  trains the same first step as the single-device current step; a fresh process, since
+  this one's JAX already sees one device."""
+  import os
+  import subprocess
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  env["JAX_PLATFORMS"] = "cpu"
+  code = ("import json, sys; from benchmarks import mann_step; "
+          f"rows = mann_step.main(['--quick', '--variants', 'previous,current,data_parallel', '--out', {str(tmp_path)!r}]); "
+          "print('ROWS', json.dumps(rows))")
+  proc = subprocess.run([sys.executable, "-c", code], cwd=_ROOT, env=env, capture_output=True, text=True,
+                        timeout=300)
+  assert proc.returncode == 0, proc.stdout + proc.stderr
+  rows = json.loads(proc.stdout.split("ROWS", 1)[1])
+  assert [r["variant"] for r in rows] == ["previous", "current", "data_parallel"]
+  assert rows[2]["first_loss"] == pytest.approx(rows[1]["first_loss"], rel=1e-5)
+  assert "cpu:0, cpu:1" in (tmp_path / "mann_step.md").read_text()
+
+
+def test_mann_step_data_parallel_flag_errors(monkeypatch):
+  import jax
+  from benchmarks import mann_step
+  jax.devices()  # JAX's backend has started (one device) before main() can set its flag
+  monkeypatch.setenv("XLA_FLAGS", "")  # main() sets it; restored after the test
+  with pytest.raises(SystemExit) as e:
+    mann_step.main(["--quick", "--variants", "previous,data_parallel", "--devices", "1"])
+  assert e.value.code == 2
+  with pytest.raises(SystemExit) as e:  # this process's JAX already started with one device
+    mann_step.main(["--quick", "--variants", "previous,data_parallel"])
+  assert e.value.code == 2
+
+
 def test_mann_step_autodiff_switch_replaces_the_custom_vjp():
   """``previous``/``unroll`` variants really differentiate LRUA by autodiff (the patch reaches memory.py)."""
   import jax
