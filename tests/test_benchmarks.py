@@ -388,3 +388,28 @@ def test_mann_step_autodiff_switch_replaces_the_custom_vjp():
   with mann_step._autodiff_lrua(True):
     assert "custom_vjp" not in grad_jaxpr()
   assert "custom_vjp" in grad_jaxpr()
+
+
+def test_xla_flags_benchmark_quick(tmp_path):
+  """Each flag set runs in its own process; ynn_off changes kernels, not the MANN's loss or gradients."""
+  from benchmarks import xla_flags
+  rows = xla_flags.main(["--quick", "--models", "mann", "--sets", "default,ynn_off", "--out", str(tmp_path)])
+  assert [(r["model"], r["set"]) for r in rows] == [("mann", "default"), ("mann", "ynn_off")]
+  assert rows[0]["grad_max_rel_diff"] == 0.0 and rows[0]["speed_vs_default"] == 1.0
+  assert rows[1]["loss"] == pytest.approx(rows[0]["loss"], rel=1e-5)
+  assert 0.0 <= rows[1]["grad_max_rel_diff"] < xla_flags.GRAD_RTOL
+  assert all(r["ms"] > 0 for r in rows)
+  assert (tmp_path / "xla_flags.md").exists()
+
+
+def test_xla_flags_benchmark_errors(tmp_path):
+  from benchmarks import xla_flags
+  for argv in (["--sets", "ynn_off,default"], ["--sets", "default,fast"], ["--models", "ntm"], ["--rounds", "0"]):
+    with pytest.raises(SystemExit) as e:
+      xla_flags.main(argv + ["--out", str(tmp_path)])
+    assert e.value.code == 2
+  a, b = tmp_path / "a.npz", tmp_path / "b.npz"
+  np.savez(a, x=np.ones(3))
+  np.savez(b, y=np.ones(3))
+  with pytest.raises(ValueError, match="different leaves"):
+    xla_flags.max_rel_diff(str(a), str(b))
