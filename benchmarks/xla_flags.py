@@ -59,21 +59,6 @@ GRAD_RTOL = 1e-2
 ROOT = str(Path(__file__).resolve().parents[1])
 
 
-def _median_ms(fn, arg, runs: int, target_s: float) -> tuple[float, list[float]]:
-  import jax
-  t0 = time.perf_counter()
-  jax.block_until_ready(fn(arg))
-  n = max(1, int(target_s / max(time.perf_counter() - t0, 1e-4)))
-  out = []
-  for _ in range(runs):
-    t0 = time.perf_counter()
-    for _ in range(n):
-      r = fn(arg)
-    jax.block_until_ready(r)
-    out.append(1e3 * (time.perf_counter() - t0) / n)
-  return statistics.median(out), out
-
-
 def _mann_grads(quick: bool):
   """Loss and gradients of ``mann.mann_loss`` on one synthetic batch (the step's configuration)."""
   import flax.linen as nn
@@ -100,18 +85,18 @@ def worker(model: str, quick: bool, grads_path: str) -> dict:
     from benchmarks import mann_step
     step, state, _, _ = mann_step.build("current", 2 if quick else 16, quick=quick,
                                         **({"seq_len": 5, "image_size": 8} if quick else {}))
-    ms, all_ms = _median_ms(lambda s: step(s)[1], state, runs, target)
+    t = common.time_fn(lambda: step(state)[1], warmup=1, repeats=runs, min_sample_s=target, max_total_s=1e9)
     loss, grads = _mann_grads(quick)
   else:
     from benchmarks import metanet_step
     n = 5 if model == "metanet5" else 20
     kw = dict(metanet_step.QUICK_MODEL if quick else metanet_step.DEFAULT_MODEL, use_task_fast_weights=False)
     ex, params, _ = metanet_step.build_step("current", n, 10 if n == 5 else 5, kw)
-    ms, all_ms = _median_ms(lambda p: ex(p)[0], params, runs, target)
+    t = common.time_fn(lambda: ex(params)[0], warmup=1, repeats=runs, min_sample_s=target, max_total_s=1e9)
     loss, grads = ex(params)
   leaves = jax.tree_util.tree_flatten_with_path(grads)[0]
   np.savez(grads_path, **{jax.tree_util.keystr(k): np.asarray(v) for k, v in leaves})
-  return {"ms": ms, "runs_ms": all_ms, "loss": float(loss), "build_and_time_s": time.perf_counter() - t0}
+  return {"ms": 1e3 * t.median, "timing": t.as_dict(), "loss": float(loss), "build_and_time_s": time.perf_counter() - t0}
 
 
 def _run_worker(model: str, flags: str, quick: bool, grads_path: str) -> dict:
@@ -127,12 +112,14 @@ def _run_worker(model: str, flags: str, quick: bool, grads_path: str) -> dict:
 
 
 def max_rel_diff(path: str, ref_path: str) -> float:
-  """Largest per-leaf max |g − g_ref| / max |g_ref| between two saved gradient files."""
+  """Largest per-leaf max |g − g_ref| / max |g_ref| between two saved gradient files
+  (:func:`benchmarks.metanet_step.max_rel_diff` over their leaves)."""
   import numpy as np
+  from benchmarks import metanet_step
   with np.load(path) as a, np.load(ref_path) as b:
     if sorted(a.files) != sorted(b.files):
       raise ValueError(f"gradient files {path} and {ref_path} hold different leaves")
-    return max(float(np.max(np.abs(a[k] - b[k])) / max(float(np.max(np.abs(b[k]))), 1e-30)) for k in b.files)
+    return metanet_step.max_rel_diff(dict(a), dict(b))
 
 
 def main(argv=None) -> list[dict]:
