@@ -48,6 +48,14 @@ def episodes(key, batch: int, seq_len: int, num_classes: int, image_size: int):
   return jnp.concatenate([images, prev], axis=-1), labels
 
 
+def make_cell(cfg: dict):
+  """The ``MANNCell`` of configuration ``cfg`` (:data:`CONFIG`'s keys)."""
+  from memjax import mann
+  return mann.MANNCell(features=cfg["num_classes"], memory_size=cfg["memory_size"], word_size=cfg["word_size"],
+                       num_read_heads=cfg["read_heads"], controller_features=cfg["controller"],
+                       usage_decay=cfg["usage_decay"])
+
+
 def build_step(cfg: dict = CONFIG, seed: int = 0, *, unroll: bool = True, mesh=None) -> common.TrainStep:
   """The memjax MANN (LRUA) Omniglot-shaped train step, compiled (compile timed apart).
 
@@ -64,9 +72,7 @@ def build_step(cfg: dict = CONFIG, seed: int = 0, *, unroll: bool = True, mesh=N
   import jax
   from memjax import mann, training
 
-  cell = mann.MANNCell(features=cfg["num_classes"], memory_size=cfg["memory_size"], word_size=cfg["word_size"],
-                       num_read_heads=cfg["read_heads"], controller_features=cfg["controller"],
-                       usage_decay=cfg["usage_decay"])
+  cell = make_cell(cfg)
   model = nn.RNN(cell)
   apply = (lambda p, x: mann.unroll(cell, p, x)) if unroll else model.apply
   shape = (cfg["batch"], cfg["seq_len"], cfg["num_classes"], cfg["image_size"])
