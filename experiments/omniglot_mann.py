@@ -28,11 +28,13 @@ with a checkpoint, partial results (``"interrupted": true``) and plots, exit cod
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import os
 import sys
 import time
+from typing import Callable
 
 import flax.linen as nn
 import jax
@@ -56,12 +58,12 @@ PAPER = {
     # Table 2: 15-way, 5-character string labels (MANN with LRUA).
     ("mann", "string", 15): [0.1, 62.6, 79.3, 86.6, 88.7, 95.3],
 }
-# Keys of config.json that a --resume must not change (a learning-rate schedule may change
-# only from the checkpoint on: memjax.training.lr_history checks it).
+# Keys of config.json that a --resume must not change (a learning-rate schedule and the
+# training jitter may change only from the checkpoint on: memjax.training.lr_history and
+# memjax.cli.check_jitter_resume check them).
 RESUME_KEYS = ("model", "label_mode", "num_classes", "samples_per_class", "batch_size", "optimizer",
                "seed", "memory_size", "word_size",
-               "read_heads", "controller_features", "usage_decay", "write", "max_shift", "max_rotation",
-               "image_size", "train_split")
+               "read_heads", "controller_features", "usage_decay", "write", "image_size", "train_split")
 # Deprecated flags counted in episodes -> the flags in steps that replace them.
 DEPRECATED = {"--episodes": "--steps", "--lr-drop-episodes": "--lr-drop-steps"}
 
@@ -203,17 +205,25 @@ class Task:
     paper = PAPER.get((args.model, args.label_mode, n)) if args.samples_per_class >= 10 else None
     self.paper = paper
 
-  def loss(self, p, key):
+  def loss(self, p, key, max_shift: int = 0, max_rotation: float = 0.0):
+    """The training loss on a batch of episodes drawn from ``key``, images
+    jittered by up to ``max_shift`` pixels and ``max_rotation`` degrees."""
     args = self.args
     ep = episodes_lib.sample_mann_episodes(key, self.train_images, batch_size=args.batch_size,
-                                           **self.sample_kw, max_shift=args.max_shift,
-                                           max_rotation=args.max_rotation)
+                                           **self.sample_kw, max_shift=max_shift,
+                                           max_rotation=max_rotation)
     ep = training.shard_batch(ep)  # split over devices when fit runs under a mesh
     logits = self.apply(p, ep.inputs)
     correct, total = per_instance_counts(logits, ep.targets, ep.instance, args.label_mode, self.instances)
     acc = correct / jnp.maximum(total, 1.0)
     return mann_loss(logits, ep.targets, args.label_mode), {
         f"acc_{name}": acc[i] for i, name in enumerate(self.names)}
+
+  def loss_schedule(self) -> list[tuple[int, Callable]]:
+    """:meth:`loss` under the flags' jitter, ``[(first step, loss_fn), ...]``
+    (:func:`memjax.cli.jitter_phases`), for :func:`memjax.training.fit`."""
+    return [(first, functools.partial(self.loss, max_shift=shift, max_rotation=degrees))
+            for first, shift, degrees in cli.jitter_phases(self.args)]
 
   def metrics(self, p) -> dict:
     """Test accuracy by instance and loss, ``{"acc_1st": ..., "loss": ...}``."""
@@ -243,7 +253,7 @@ def main(argv=None) -> dict:
   config = {k: v for k, v in vars(args).items() if k not in ("resume", "no_progress", "no_plots")}
   run = training.Run(args.workdir, config, resume=args.resume, compare=RESUME_KEYS,
                      defaults={k: parser.get_default(k) for k in RESUME_KEYS}, upgrade=upgrade_config,
-                     amend=training.lr_history(lr_of), error=parser.error)
+                     amend=[training.lr_history(lr_of), cli.check_jitter_resume], error=parser.error)
 
   def eval_fn(p, step):
     # Training wall time so far, evaluations excluded, resumed invocations included:
@@ -258,8 +268,9 @@ def main(argv=None) -> dict:
   load_start = _load_avg()
   with run:
     state, history = run.fit(
-        task.loss, task.params, task.optimizer(run.config), num_steps=args.steps, seed=args.seed,
-        checkpoint_every=args.checkpoint_every, log_every=args.log_every, progress=not args.no_progress,
+        task.loss_schedule(), task.params, task.optimizer(run.config), num_steps=args.steps,
+        seed=args.seed, checkpoint_every=args.checkpoint_every, log_every=args.log_every,
+        progress=not args.no_progress,
         eval_every=args.eval_every, eval_fn=eval_fn, max_seconds=args.max_minutes * 60,
         batch_size=args.batch_size, describe=task.describe)
     train_eval_seconds = run.eval_seconds

@@ -10,6 +10,8 @@ training, train on the 1,200 characters of the 1200/423 split (Table 1).
 ``--max-shift`` / ``--max-rotation`` add per-image jitter (a shift of a few
 pixels, a small rotation) to the training episodes, off by default: a training
 recipe choice, not the authors'; test episodes are never jittered.
+``--jitter-schedule`` changes them at later steps (also on ``--resume``, from
+the checkpoint on).
 
     python experiments/omniglot_metanet.py --data-dir /work/shared/data/omniglot
     python experiments/omniglot_metanet.py --num-classes 20 --workdir runs/metanet_20way
@@ -225,11 +227,14 @@ def open_run(parser: argparse.ArgumentParser, args, config: dict) -> training.Ru
   absolute path) and the learning rate must match the saved configuration; a
   new ``--lr`` applies from the checkpoint on and is recorded in config.json's
   ``lr_history``; a new ``--lr-schedule`` (or drop) is accepted where it gives
-  the updates already made their rates (:func:`memjax.training.lr_history`)."""
-  compare = [k for k in config if k not in ("workdir", "lr", *training.LR_SCHEDULE_KEYS)]
+  the updates already made their rates (:func:`memjax.training.lr_history`), a
+  new ``--jitter-schedule`` where it keeps their jitter
+  (:func:`memjax.cli.check_jitter_resume`)."""
+  free = ("workdir", "lr", *training.LR_SCHEDULE_KEYS, *cli.JITTER_KEYS)
+  compare = [k for k in config if k not in free]
   return training.Run(args.workdir, config, resume=args.resume, compare=compare,
                       defaults={k: parser.get_default(k) for k in compare},
-                      amend=training.lr_history(), error=parser.error)
+                      amend=[training.lr_history(), cli.check_jitter_resume], error=parser.error)
 
 
 def make_optimizer(args) -> optax.GradientTransformation:
@@ -376,10 +381,11 @@ def main(argv=None) -> dict:
     return results
 
   run = open_run(parser, args, config)
-  loss_fn = episode_loss(model, train_images, batch_size=args.batch_size,
-                         num_classes=args.num_classes, num_query=args.num_query,
-                         rotate=True, sampler=functools.partial(  # rotations: new classes
-                             sample_few_shot, max_shift=args.max_shift, max_rotation=args.max_rotation))
+  loss_fn = [(first, episode_loss(model, train_images, batch_size=args.batch_size,
+                                  num_classes=args.num_classes, num_query=args.num_query,
+                                  rotate=True, sampler=functools.partial(  # rotations: new classes
+                                      sample_few_shot, max_shift=shift, max_rotation=degrees)))
+             for first, shift, degrees in cli.jitter_phases(args)]  # --jitter-schedule
 
   def curve(p) -> dict:  # the learning curve's test points: episodes of eval_key(1)
     return dict(zip(("test_accuracy", "test_ci95"),

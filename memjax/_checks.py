@@ -134,6 +134,30 @@ def lr_schedule(text) -> list[list]:
   return out
 
 
+def jitter_schedule(text) -> list[list]:
+  """``STEP:SHIFT:DEGREES[,...]``: from step STEP on, training images jittered
+  by up to SHIFT pixels and ±DEGREES; steps positive and increasing, shifts
+  non-negative integers, degrees in [0, 180], e.g. ``100000:0:0`` (no jitter
+  from step 100,000 on)."""
+  out = []
+  for part in str(text).split(","):
+    fields = part.strip().split(":")
+    try:
+      step, shift, degrees = int(fields[0]), int(fields[1]), float(fields[2])
+      ok = len(fields) == 3 and step >= 1 and shift >= 0 and 0 <= degrees <= 180
+    except (ValueError, IndexError):
+      ok = False
+    if not ok:
+      raise argparse.ArgumentTypeError(
+          f"expected STEP:SHIFT:DEGREES triples (a positive integer step, a non-negative integer "
+          f"shift in pixels, a rotation in [0, 180] degrees), comma-separated, got {part!r} in {text!r}")
+    if out and step <= out[-1][0]:
+      raise argparse.ArgumentTypeError(
+          f"expected increasing steps, got {step} after {out[-1][0]} in {text!r}")
+    out.append([step, shift, degrees])
+  return out
+
+
 def int_list(text) -> list[int]:
   """Comma-separated positive integers, e.g. ``20,40,80``."""
   try:

@@ -16,13 +16,16 @@ import json
 import os
 import sys
 
-from memjax._checks import (int_list, lr_schedule, non_negative_float, non_negative_int,
-                            positive_float, positive_int, rotation_degrees, unit_float)
+from memjax import training
+from memjax._checks import (int_list, jitter_schedule, lr_schedule, non_negative_float,
+                            non_negative_int, positive_float, positive_int, rotation_degrees,
+                            unit_float)
 
-__all__ = ["HelpFormatter", "add_jitter_flags", "add_lr_drop_flags", "check_lr_flags",
-           "enable_compilation_cache", "int_list", "load_omniglot", "lr_schedule", "non_negative_float",
-           "non_negative_int", "parser", "positive_float", "positive_int", "rotation_degrees", "run",
-           "unit_float", "write_json"]
+__all__ = ["HelpFormatter", "JITTER_KEYS", "add_jitter_flags", "add_lr_drop_flags", "check_jitter_resume",
+           "check_lr_flags", "enable_compilation_cache", "int_list", "jitter_at", "jitter_phases",
+           "jitter_schedule", "load_omniglot", "lr_schedule", "non_negative_float", "non_negative_int",
+           "parser", "positive_float", "positive_int", "rotation_degrees", "run", "unit_float",
+           "write_json"]
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -62,15 +65,64 @@ def add_lr_drop_flags(p: argparse.ArgumentParser) -> None:
                       "with --lr-drop-steps")
 
 
+JITTER_KEYS = ("max_shift", "max_rotation", "jitter_schedule")
+"""The config keys of the training jitter: :func:`check_jitter_resume` checks
+them on ``--resume`` (leave them out of a :class:`memjax.training.Run`'s ``compare``)."""
+
+
 def add_jitter_flags(p: argparse.ArgumentParser) -> None:
   """``--max-shift`` and ``--max-rotation``: per-image jitter of the training
-  episodes (the samplers' ``max_shift`` / ``max_rotation``); test episodes are
-  never jittered."""
+  episodes (the samplers' ``max_shift`` / ``max_rotation``), and
+  ``--jitter-schedule``, other values from later steps on (:func:`jitter_phases`);
+  test episodes are never jittered."""
   p.add_argument("--max-shift", type=non_negative_int, default=0,
                  help="training-time jitter: translate each image by up to this many pixels")
   p.add_argument("--max-rotation", type=rotation_degrees, default=0.0,
                  help="training-time jitter: rotate each image by up to ± this many degrees "
                       "(snowkylin/ntm: 11.25); test episodes are never jittered")
+  p.add_argument("--jitter-schedule", type=jitter_schedule, default=None,
+                 metavar="STEP:SHIFT:DEGREES[,...]",
+                 help="piecewise-constant jitter: --max-shift / --max-rotation until the first STEP, then "
+                      "each SHIFT and DEGREES from its STEP on (e.g. 100000:0:0 trains without jitter "
+                      "from step 100,000 on); on --resume it may change only after the checkpoint")
+
+
+def jitter_phases(config) -> list[tuple[int, int, float]]:
+  """``[(first step, max_shift, max_rotation), ...]`` of a run: ``config`` is
+  its parsed flags or config.json (keys missing: no jitter). Update ``s + 1``
+  uses the last phase whose first step is at most ``s``."""
+  get = config.get if isinstance(config, dict) else lambda key, default=None: getattr(config, key, default)
+  phases = [(0, int(get("max_shift", 0) or 0), float(get("max_rotation", 0.0) or 0.0))]
+  phases += [(int(s), int(shift), float(deg)) for s, shift, deg in get("jitter_schedule", None) or []]
+  return phases
+
+
+def jitter_at(config, step: int) -> tuple[int, float]:
+  """``(max_shift, max_rotation)`` of update ``step + 1`` of a run (:func:`jitter_phases`)."""
+  return [p[1:] for p in jitter_phases(config) if p[0] <= step][-1]
+
+
+def check_jitter_resume(config: dict, old: dict | None, start_step: int) -> None:
+  """A :class:`memjax.training.Run` ``amend``: on ``--resume`` the training
+  jitter (:data:`JITTER_KEYS`) may change only from the checkpoint on; a change
+  that would rewrite updates already made raises
+  :class:`memjax.training.ConfigMismatchError` naming the first such update."""
+  if old is None:
+    return
+  marks = {p[0] for p in jitter_phases(config) + jitter_phases(old)}
+  for step in sorted(m for m in marks if m < start_step):
+    now, was = jitter_at(config, step), jitter_at(old, step)
+    if now != was:
+      raise training.ConfigMismatchError(
+          f"--resume with a training jitter that changes updates already made: update {step + 1} "
+          f"would have (max_shift, max_rotation) {now} where it was trained with {was}; give the new "
+          f"jitter from the checkpoint (step {start_step}) on with --jitter-schedule "
+          f"{start_step}:SHIFT:DEGREES, keeping --max-shift {old.get('max_shift', 0)} --max-rotation "
+          f"{old.get('max_rotation', 0.0)}")
+  now, was = jitter_at(config, start_step), jitter_at(old, start_step)
+  if now != was:
+    print(f"training jitter from step {start_step} on: max_shift {now[0]}, max_rotation {now[1]:g} "
+          f"(was {was[0]}, {was[1]:g})", flush=True)
 
 
 def check_lr_flags(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:

@@ -30,6 +30,7 @@ process draws the same batch from the same key and keeps its own shard.
 
 from __future__ import annotations
 
+import bisect
 import json
 import os
 import signal
@@ -376,7 +377,8 @@ class _Progress:
     self.bar.close()
 
 
-def fit(loss_fn: LossFn, params, optimizer: optax.GradientTransformation, *, num_steps: int,
+def fit(loss_fn: LossFn | Sequence[tuple[int, LossFn]], params,
+        optimizer: optax.GradientTransformation, *, num_steps: int,
         seed: int = 0, workdir: str | None = None, checkpoint_every: int = 500, keep: int = 3,
         resume: bool = False, log_every: int = 50, progress: bool = True,
         eval_every: int = 0, eval_fn: Callable[[Any, int], dict] | None = None,
@@ -394,7 +396,10 @@ def fit(loss_fn: LossFn, params, optimizer: optax.GradientTransformation, *, num
 
   Args:
     loss_fn: ``(params, key) -> (scalar loss, dict of scalar metrics)``; builds
-      its batch from ``key``.
+      its batch from ``key``. Or a schedule ``[(first step, loss_fn), ...]``
+      (first steps increasing, from 0): update ``s + 1`` uses the last whose
+      first step is at most ``s`` (e.g. training-time augmentation that changes
+      during a run); each is compiled when first used.
     params: initial parameters (ignored when resuming from a checkpoint).
     optimizer: an optax transformation (see :func:`make_optimizer`).
     num_steps: total steps, counting those done before a resume.
@@ -447,7 +452,10 @@ def fit(loss_fn: LossFn, params, optimizer: optax.GradientTransformation, *, num
   mesh = choose_mesh(mesh, batch_size)
   if mesh is not None:
     state = replicate(state, mesh)
-  step_fn = make_step(loss_fn, optimizer, seed_key, mesh)
+  starts, step_fns = [], []
+  for first, fn in _loss_schedule(loss_fn):
+    starts.append(first)
+    step_fns.append(make_step(fn, optimizer, seed_key, mesh))
   history: list[dict] = []
   start = int(state.step)
   t0 = time.perf_counter()
@@ -455,6 +463,7 @@ def fit(loss_fn: LossFn, params, optimizer: optax.GradientTransformation, *, num
   stop, end_step = False, num_steps
   try:
     for s in range(start, num_steps):
+      step_fn = step_fns[bisect.bisect_right(starts, s) - 1]
       new_state, loss, metrics, finite = step_fn(state)
       if not bool(finite):
         raise NonFiniteError(
@@ -497,6 +506,22 @@ def fit(loss_fn: LossFn, params, optimizer: optax.GradientTransformation, *, num
     if ckpt is not None:
       ckpt.close()
   return state, history
+
+
+def _loss_schedule(loss_fn) -> list[tuple[int, LossFn]]:
+  """:func:`fit`'s ``loss_fn`` as ``[(first step, loss_fn), ...]``, checked."""
+  if callable(loss_fn):
+    return [(0, loss_fn)]
+  try:
+    schedule = [(int(first), fn) for first, fn in loss_fn]
+  except (TypeError, ValueError):
+    schedule = None
+  if (not schedule or schedule[0][0] != 0 or not all(callable(fn) for _, fn in schedule)
+      or any(b[0] <= a[0] for a, b in zip(schedule, schedule[1:]))):
+    raise TypeError("argument `loss_fn`: expected a function (params, key) -> (loss, metrics) or a "
+                    "schedule [(first step, function), ...] with first steps increasing from 0, got "
+                    f"{loss_fn!r}")
+  return schedule
 
 
 def choose_mesh(mesh: Mesh | str | None = "auto", batch_size: int | None = None) -> Mesh | None:
@@ -688,9 +713,9 @@ class Run:
     defaults: values of keys missing from the saved configuration.
     upgrade: ``saved config -> saved config`` in today's keys (renamed flags).
     amend: ``(config, saved config or None, start step)``, changes ``config``
-      in place before it is saved (e.g. :func:`lr_history`); a
-      :class:`ConfigMismatchError` it raises goes to ``error`` like a key
-      that differs.
+      in place before it is saved (e.g. :func:`lr_history`), or a sequence of
+      them, applied in order; a :class:`ConfigMismatchError` one raises goes to
+      ``error`` like a key that differs.
     path_keys: keys compared as paths (resolved: relative and absolute agree).
     error: called with the message instead of raising (e.g. ``parser.error``).
     verbose: print what the run is doing and where its results are.
@@ -719,7 +744,8 @@ class Run:
   def __init__(self, workdir: str, config: dict, *, resume: bool = False,
                compare: Sequence[str] | None = None, defaults: Mapping | None = None,
                upgrade: Callable[[dict], dict] | None = None,
-               amend: Callable[[dict, dict | None, int], None] | None = None,
+               amend: (Callable[[dict, dict | None, int], None]
+                      | Sequence[Callable[[dict, dict | None, int], None]] | None) = None,
                path_keys: Sequence[str] = ("workdir", "data_dir"),
                error: Callable[[str], Any] | None = None, verbose: bool = True):
     self.path = str(workdir)
@@ -758,9 +784,9 @@ class Run:
       with open(config_path) as f:
         self._saved_config_text = f.read()
     self.config = dict(config)
-    if amend is not None:
+    for fn in ([] if amend is None else [amend] if callable(amend) else amend):
       try:
-        amend(self.config, self.saved_config, self.start_step)
+        fn(self.config, self.saved_config, self.start_step)
       except ConfigMismatchError as e:
         if error is not None:
           error(str(e))

@@ -1,11 +1,13 @@
-"""memjax.cli: the persistent compilation cache switch."""
+"""memjax.cli: the persistent compilation cache switch, the training jitter schedule."""
 
 from __future__ import annotations
+
+import argparse
 
 import jax
 import pytest
 
-from memjax import cli
+from memjax import cli, training
 
 
 @pytest.fixture
@@ -31,3 +33,46 @@ def test_compilation_cache_locations(tmp_path, monkeypatch, restore_cache_dir):
   assert cli.enable_compilation_cache() == str(tmp_path / "env")
   assert cli.enable_compilation_cache(str(tmp_path / "arg")) == str(tmp_path / "arg")
   assert (tmp_path / "arg").is_dir()
+
+
+def test_jitter_schedule_parses_triples_and_names_what_is_wrong():
+  assert cli.jitter_schedule("100:0:0,250:3:15.5") == [[100, 0, 0.0], [250, 3, 15.5]]
+  for text, message in (("100:2", "STEP:SHIFT:DEGREES"), ("0:1:1", "STEP:SHIFT:DEGREES"),
+                        ("5:-1:0", "STEP:SHIFT:DEGREES"), ("5:1.5:0", "STEP:SHIFT:DEGREES"),
+                        ("5:1:181", "STEP:SHIFT:DEGREES"), ("5:1:2:3", "STEP:SHIFT:DEGREES"),
+                        ("9:0:0,4:1:1", "increasing steps")):
+    with pytest.raises(argparse.ArgumentTypeError, match=message):
+      cli.jitter_schedule(text)
+
+
+def test_jitter_phases_and_jitter_at_follow_the_flags():
+  p = argparse.ArgumentParser()
+  cli.add_jitter_flags(p)
+  args = p.parse_args(["--max-shift", "2", "--max-rotation", "11.25", "--jitter-schedule", "10:0:0,20:3:5"])
+  assert cli.jitter_phases(args) == [(0, 2, 11.25), (10, 0, 0.0), (20, 3, 5.0)]
+  assert cli.jitter_phases(vars(args)) == cli.jitter_phases(args)
+  # update s + 1 uses the phase of step s, as the learning-rate schedule
+  assert [cli.jitter_at(args, s) for s in (0, 9, 10, 19, 20)] == [
+      (2, 11.25), (2, 11.25), (0, 0.0), (0, 0.0), (3, 5.0)]
+  assert cli.jitter_phases({}) == [(0, 0, 0.0)]  # a config.json written before the flags
+
+
+def test_check_jitter_resume_takes_changes_from_the_checkpoint_on_only(capsys):
+  old = {"max_shift": 2, "max_rotation": 11.25, "jitter_schedule": None}
+  cli.check_jitter_resume(dict(old), None, 0)  # a new run: anything goes
+  cli.check_jitter_resume(dict(old), old, 500)  # unchanged
+  assert capsys.readouterr().out == ""
+  cli.check_jitter_resume(dict(old, jitter_schedule=[[500, 0, 0.0]]), old, 500)
+  assert "training jitter from step 500 on: max_shift 0, max_rotation 0 (was 2, 11.25)" in (
+      capsys.readouterr().out)
+  for new, first_wrong in ((dict(old, max_shift=0), 1), (dict(old, jitter_schedule=[[300, 0, 0.0]]), 301)):
+    with pytest.raises(training.ConfigMismatchError,
+                       match=rf"update {first_wrong} would have .* --jitter-schedule 500:SHIFT:DEGREES"):
+      cli.check_jitter_resume(new, old, 500)
+  # once trained under a schedule, the schedule must keep its past; a later phase may be added
+  old = dict(old, jitter_schedule=[[500, 0, 0.0]])
+  cli.check_jitter_resume(dict(old, jitter_schedule=[[500, 0, 0.0], [900, 1, 5.0]]), old, 800)
+  with pytest.raises(training.ConfigMismatchError, match="update 501"):
+    cli.check_jitter_resume(dict(old, jitter_schedule=None), old, 800)
+  # a run saved before the keys existed had no jitter
+  cli.check_jitter_resume({"max_shift": 0, "max_rotation": 0.0, "jitter_schedule": None}, {}, 100)

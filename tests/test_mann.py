@@ -248,6 +248,40 @@ def test_experiment_smoke(omniglot_dir, tmp_path):
     exp.main(argv + ["--steps", "6", "--resume", "--write", "key"])
 
 
+def test_experiment_jitter_schedule_changes_the_training_jitter_on_resume(omniglot_dir, tmp_path,
+                                                                          monkeypatch, capsys):
+  """Each jitter phase traces its own sampler; a resume may add a phase from the checkpoint on
+  (here: no jitter after step 4), but not change the jitter of updates already made."""
+  exp = _load_experiment()
+  calls = []
+  sampler = exp.episodes_lib.sample_mann_episodes
+
+  def recording(key, images, **kw):
+    if "max_shift" in kw:  # training episodes (the test sampler never jitters)
+      calls.append((kw["max_shift"], kw["max_rotation"]))
+    return sampler(key, images, **kw)
+
+  monkeypatch.setattr(exp.episodes_lib, "sample_mann_episodes", recording)
+  workdir = tmp_path / "run"
+  argv = argv_of(omniglot_dir, workdir)[:-2] + ["--eval-every", "0", "--max-shift", "1",
+                                                "--max-rotation", "5"]
+  exp.main(argv + ["--steps", "4"])
+  assert set(calls) == {(1, 5.0)}
+  calls.clear()
+  exp.main(argv + ["--steps", "6", "--resume", "--jitter-schedule", "4:0:0"])
+  assert set(calls) == {(0, 0.0)}  # steps 5 and 6 only: the first phase is never traced
+  assert "training jitter from step 4 on: max_shift 0, max_rotation 0 (was 1, 5)" in capsys.readouterr().out
+  config = json.loads((workdir / "config.json").read_text())
+  assert (config["max_shift"], config["max_rotation"], config["jitter_schedule"]) == (1, 5.0, [[4, 0, 0.0]])
+  for more in (["--max-shift", "0"], ["--jitter-schedule", "2:0:0"]):
+    with pytest.raises(SystemExit) as info:
+      exp.main(argv_of(omniglot_dir, workdir)[:-2] + ["--eval-every", "0", "--max-rotation", "5",
+                                                      "--max-shift", "1", *more, "--steps", "8",
+                                                      "--resume"])
+    assert info.value.code == 2 and "--jitter-schedule 6:SHIFT:DEGREES" in capsys.readouterr().err
+  assert json.loads((workdir / "config.json").read_text()) == config  # refused: untouched
+
+
 @pytest.mark.parametrize("argv", [["--model", "gru"], ["--batch-size", "0"], ["--lr", "-1"],
                                   ["--label-mode", "binary"], ["--train-split", "nope"],
                                   ["--usage-decay", "2"]])

@@ -840,6 +840,27 @@ def test_experiment_resume_takes_a_schedule_only_where_it_keeps_the_rates_alread
   assert run.config["lr_history"] == [[0, 1e-3], [100, 1e-4], [150, 1e-3], [200, 1e-5], [260, 3e-4]]
 
 
+def test_experiment_resume_takes_a_jitter_schedule_from_the_checkpoint_on(tmp_path, capsys):
+  module = experiment()
+  parser = module.build_parser()
+  workdir = tmp_path / "run"
+  flags = ["--workdir", str(workdir), "--filters", "8", "--max-shift", "2", "--max-rotation", "11.25"]
+  args = module.parse_args(parser, flags)
+  module.open_run(parser, args, module.run_config(parser, args))
+  (workdir / "checkpoints" / "300").mkdir(parents=True)  # as if trained to step 300
+  saved = json.loads((workdir / "config.json").read_text())
+  for more in (["--jitter-schedule", "200:0:0"], ["--max-rotation", "0"]):
+    with pytest.raises(SystemExit) as e:
+      args = module.parse_args(parser, [*flags, "--resume", *more])
+      module.open_run(parser, args, module.run_config(parser, args))
+    assert e.value.code == 2 and "--jitter-schedule 300:SHIFT:DEGREES" in capsys.readouterr().err
+    assert json.loads((workdir / "config.json").read_text()) == saved  # untouched
+  args = module.parse_args(parser, [*flags, "--resume", "--jitter-schedule", "300:0:0"])
+  run = module.open_run(parser, args, module.run_config(parser, args))
+  assert run.config["jitter_schedule"] == [[300, 0, 0.0]]
+  assert "training jitter from step 300 on" in capsys.readouterr().out
+
+
 def test_experiment_resume_refuses_a_run_of_the_earlier_metanet(tmp_path, capsys):
   module = experiment()
   parser = module.build_parser()

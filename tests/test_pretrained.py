@@ -318,6 +318,10 @@ def test_command_from_config_writes_an_lr_schedule_the_parser_reads_back():
   argv = export.command_from_config(module, "omniglot_metanet", config)
   assert argv == ["--num-classes", "20", "--lr-schedule", "5463:0.0001,6965:0.001"]
   assert module.parse_args(module.build_parser(), argv).lr_schedule == config["lr_schedule"]
+  config = {"jitter_schedule": [[400, 0, 0.0], [900, 2, 11.25]]}
+  argv = export.command_from_config(module, "omniglot_metanet", config)
+  assert argv == ["--jitter-schedule", "400:0:0.0,900:2:11.25"]
+  assert module.parse_args(module.build_parser(), argv).jitter_schedule == config["jitter_schedule"]
 
 
 # -- memjax.pretrained.restore: a shipped model back into a resumable run -------------------------

@@ -303,3 +303,51 @@ def test_step_decay_schedule_inside_adam_equals_changing_the_rate_on_resume():
       u, adam_state = opt.update(grads[len(want)], adam_state, params)
       want.append(u["w"])
   np.testing.assert_allclose(np.stack(got), np.stack(want), rtol=1e-6)
+
+
+def _scaled_loss(scale: float):
+  """regression_loss times ``scale``, which it reports as a metric."""
+  def loss(params, key):
+    value, _ = regression_loss(params, key)
+    return scale * value, {"scale": jnp.asarray(scale, jnp.float32)}
+  return loss
+
+
+def test_fit_follows_a_loss_schedule_and_resumes_inside_it(tmp_path):
+  """Update s + 1 uses the last loss whose first step is at most s: the same run as one fit per
+  phase resumed in turn, and a resume inside a phase picks that phase's loss."""
+  opt = optax.sgd(1e-2)
+  schedule = [(0, _scaled_loss(1.0)), (4, _scaled_loss(3.0))]
+  full, history = training.fit(schedule, PARAMS, opt, num_steps=8, seed=1, log_every=1, progress=False)
+  assert [r["scale"] for r in history] == [1.0] * 4 + [3.0] * 4
+  kw = dict(seed=1, checkpoint_every=2, progress=False)
+  wd = str(tmp_path / "phases")
+  training.fit(_scaled_loss(1.0), PARAMS, opt, num_steps=4, workdir=wd, **kw)
+  phases, _ = training.fit(_scaled_loss(3.0), PARAMS, opt, num_steps=8, workdir=wd, resume=True, **kw)
+  wd = str(tmp_path / "inside")
+  training.fit(schedule, PARAMS, opt, num_steps=6, workdir=wd, **kw)
+  resumed, later = training.fit(schedule, PARAMS, opt, num_steps=8, workdir=wd, resume=True,
+                                log_every=1, **kw)
+  assert [r["scale"] for r in later] == [3.0, 3.0]
+  for a, b, c in zip(jax.tree.leaves(full.params), jax.tree.leaves(phases.params),
+                     jax.tree.leaves(resumed.params)):
+    np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(a, c)
+  # The one-phase run differs: the schedule is not ignored.
+  plain, _ = training.fit(_scaled_loss(1.0), PARAMS, opt, num_steps=8, seed=1, progress=False)
+  assert not np.array_equal(plain.params["w"], full.params["w"])
+
+
+@pytest.mark.parametrize("bad", [[(1, regression_loss)], [(0, regression_loss), (0, regression_loss)],
+                                 [(0, regression_loss), (5, 3.0)], [], "loss", 3.0])
+def test_fit_rejects_a_malformed_loss_schedule(bad):
+  with pytest.raises(TypeError, match="argument `loss_fn`: .*first steps increasing from 0"):
+    training.fit(bad, PARAMS, optax.sgd(1e-2), num_steps=1, progress=False)
+
+
+def test_run_applies_a_sequence_of_amends_in_order(tmp_path):
+  order = []
+  run = training.Run(str(tmp_path), {"x": 1}, verbose=False,
+                     amend=[lambda c, o, s: order.append("a") or c.update(a=1),
+                            lambda c, o, s: order.append("b") or c.update(b=c["a"] + 1)])
+  assert order == ["a", "b"] and run.config == {"x": 1, "a": 1, "b": 2}
