@@ -113,25 +113,32 @@ def rotation_degrees(text) -> float:
   return _number(text, float, "degrees in [0, 180]", lambda v: 0 <= v <= 180)
 
 
+def _step_schedule(text, form: str, parse) -> list[list]:
+  """Comma-separated entries ``parse(entry) -> [step, ...]`` (None: malformed,
+  described by ``form``), their steps increasing."""
+  out = []
+  for part in str(text).split(","):
+    entry = parse(part.strip())
+    if entry is None:
+      raise argparse.ArgumentTypeError(f"expected {form}, comma-separated, got {part!r} in {text!r}")
+    if out and entry[0] <= out[-1][0]:
+      raise argparse.ArgumentTypeError(
+          f"expected increasing steps, got {entry[0]} after {out[-1][0]} in {text!r}")
+    out.append(entry)
+  return out
+
+
 def lr_schedule(text) -> list[list]:
   """``STEP:LR[,STEP:LR...]``: from step STEP on, learning rate LR; steps
   positive and increasing, rates positive, e.g. ``5000:1e-4,8000:1e-3``."""
-  out = []
-  for part in str(text).split(","):
-    step, sep, rate = part.strip().partition(":")
+  def parse(part):
+    step, sep, rate = part.partition(":")
     try:
       step, rate = int(step), float(rate)
     except ValueError:
-      step = rate = None
-    if not sep or step is None or step < 1 or not (math.isfinite(rate) and rate > 0):
-      raise argparse.ArgumentTypeError(
-          f"expected STEP:LR pairs (a positive integer step, a positive learning rate), "
-          f"comma-separated, got {part!r} in {text!r}")
-    if out and step <= out[-1][0]:
-      raise argparse.ArgumentTypeError(
-          f"expected increasing steps, got {step} after {out[-1][0]} in {text!r}")
-    out.append([step, rate])
-  return out
+      return None
+    return [step, rate] if sep and step >= 1 and math.isfinite(rate) and rate > 0 else None
+  return _step_schedule(text, "STEP:LR pairs (a positive integer step, a positive learning rate)", parse)
 
 
 def jitter_schedule(text) -> list[list]:
@@ -139,23 +146,16 @@ def jitter_schedule(text) -> list[list]:
   by up to SHIFT pixels and ±DEGREES; steps positive and increasing, shifts
   non-negative integers, degrees in [0, 180], e.g. ``100000:0:0`` (no jitter
   from step 100,000 on)."""
-  out = []
-  for part in str(text).split(","):
-    fields = part.strip().split(":")
+  def parse(part):
+    fields = part.split(":")
     try:
       step, shift, degrees = int(fields[0]), int(fields[1]), float(fields[2])
-      ok = len(fields) == 3 and step >= 1 and shift >= 0 and 0 <= degrees <= 180
     except (ValueError, IndexError):
-      ok = False
-    if not ok:
-      raise argparse.ArgumentTypeError(
-          f"expected STEP:SHIFT:DEGREES triples (a positive integer step, a non-negative integer "
-          f"shift in pixels, a rotation in [0, 180] degrees), comma-separated, got {part!r} in {text!r}")
-    if out and step <= out[-1][0]:
-      raise argparse.ArgumentTypeError(
-          f"expected increasing steps, got {step} after {out[-1][0]} in {text!r}")
-    out.append([step, shift, degrees])
-  return out
+      return None
+    ok = len(fields) == 3 and step >= 1 and shift >= 0 and 0 <= degrees <= 180
+    return [step, shift, degrees] if ok else None
+  return _step_schedule(text, "STEP:SHIFT:DEGREES triples (a positive integer step, a non-negative "
+                              "integer shift in pixels, a rotation in [0, 180] degrees)", parse)
 
 
 def int_list(text) -> list[int]:
