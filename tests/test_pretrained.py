@@ -14,7 +14,7 @@ import numpy as np
 import optax
 import pytest
 
-from memjax import MANNCell, MetaNet, NTMCell, pretrained, tasks, training
+from memjax import MANNCell, MetaNet, NTMCell, cli, pretrained, tasks, training
 from memjax.pretrained import export
 
 SHIPPED = sorted(p.stem for p in pretrained.PACKAGE_DIR.glob("*.json"))
@@ -290,7 +290,7 @@ def test_load_of_a_copied_registry_is_independent_of_the_package(tmp_path):
 
 
 @pytest.mark.parametrize("name", [n for n in SHIPPED if n.startswith(("mann", "lstm", "metanet"))])
-def test_shipped_train_command_repeats_the_runs_learning_rate_schedule(name):
+def test_shipped_train_command_repeats_the_runs_learning_rate_schedule_and_jitter(name):
   """The one command a record gives reproduces the rates its run trained at, resumes included,
   and a restored run resumes under it."""
   c = pretrained.load(name).config
@@ -310,6 +310,9 @@ def test_shipped_train_command_repeats_the_runs_learning_rate_schedule(name):
                                err_msg=f"{name}: learning rate at step {step}")
   # restore's advice holds: the restored run resumes under the command's own schedule
   training.lr_history(lr_of)(cmd, run, c["steps"])
+  # ...and its training jitter (--max-shift, --max-rotation, --jitter-schedule) is the run's
+  assert cli.jitter_phases(args) == cli.jitter_phases(run), name
+  cli.check_jitter_resume(cmd, run, c["steps"])
 
 
 def test_command_from_config_writes_an_lr_schedule_the_parser_reads_back():
