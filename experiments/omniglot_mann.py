@@ -221,9 +221,9 @@ class Task:
 
   def loss_schedule(self) -> list[tuple[int, Callable]]:
     """:meth:`loss` under the flags' jitter, ``[(first step, loss_fn), ...]``
-    (:func:`memjax.cli.jitter_phases`), for :func:`memjax.training.fit`."""
-    return [(first, functools.partial(self.loss, max_shift=shift, max_rotation=degrees))
-            for first, shift, degrees in cli.jitter_phases(self.args)]
+    (:func:`memjax.cli.jitter_loss_schedule`), for :func:`memjax.training.fit`."""
+    return cli.jitter_loss_schedule(self.args, lambda shift, degrees: functools.partial(
+        self.loss, max_shift=shift, max_rotation=degrees))
 
   def metrics(self, p) -> dict:
     """Test accuracy by instance and loss, ``{"acc_1st": ..., "loss": ...}``."""

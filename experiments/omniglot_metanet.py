@@ -381,11 +381,10 @@ def main(argv=None) -> dict:
     return results
 
   run = open_run(parser, args, config)
-  loss_fn = [(first, episode_loss(model, train_images, batch_size=args.batch_size,
-                                  num_classes=args.num_classes, num_query=args.num_query,
-                                  rotate=True, sampler=functools.partial(  # rotations: new classes
-                                      sample_few_shot, max_shift=shift, max_rotation=degrees)))
-             for first, shift, degrees in cli.jitter_phases(args)]  # --jitter-schedule
+  loss_fn = cli.jitter_loss_schedule(args, lambda shift, degrees: episode_loss(  # --jitter-schedule
+      model, train_images, batch_size=args.batch_size, num_classes=args.num_classes,
+      num_query=args.num_query, rotate=True, sampler=functools.partial(  # rotations: new classes
+          sample_few_shot, max_shift=shift, max_rotation=degrees)))
 
   def curve(p) -> dict:  # the learning curve's test points: episodes of eval_key(1)
     return dict(zip(("test_accuracy", "test_ci95"),

@@ -22,10 +22,10 @@ from memjax._checks import (int_list, jitter_schedule, lr_schedule, non_negative
                             unit_float)
 
 __all__ = ["HelpFormatter", "JITTER_KEYS", "add_jitter_flags", "add_lr_drop_flags", "check_jitter_resume",
-           "check_lr_flags", "enable_compilation_cache", "int_list", "jitter_at", "jitter_phases",
-           "jitter_schedule", "load_omniglot", "lr_schedule", "non_negative_float", "non_negative_int",
-           "parser", "positive_float", "positive_int", "rotation_degrees", "run", "unit_float",
-           "write_json"]
+           "check_lr_flags", "enable_compilation_cache", "int_list", "jitter_at", "jitter_loss_schedule",
+           "jitter_phases", "jitter_schedule", "load_omniglot", "lr_schedule", "non_negative_float",
+           "non_negative_int", "parser", "positive_float", "positive_int", "rotation_degrees", "run",
+           "unit_float", "write_json"]
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -95,6 +95,12 @@ def jitter_phases(config) -> list[tuple[int, int, float]]:
   phases = [(0, int(get("max_shift", 0) or 0), float(get("max_rotation", 0.0) or 0.0))]
   phases += [(int(s), int(shift), float(deg)) for s, shift, deg in get("jitter_schedule", None) or []]
   return phases
+
+
+def jitter_loss_schedule(config, make_loss) -> list[tuple[int, object]]:
+  """``[(first step, make_loss(max_shift, max_rotation)), ...]`` over a run's
+  :func:`jitter_phases`: the loss schedule :func:`memjax.training.fit` takes."""
+  return [(first, make_loss(shift, degrees)) for first, shift, degrees in jitter_phases(config)]
 
 
 def jitter_at(config, step: int) -> tuple[int, float]:
