@@ -413,3 +413,36 @@ def test_xla_flags_benchmark_errors(tmp_path):
   np.savez(b, y=np.ones(3))
   with pytest.raises(ValueError, match="different leaves"):
     xla_flags.max_rel_diff(str(a), str(b))
+
+
+def test_mann_memory_size_gaps_and_buckets():
+  from benchmarks import mann_memory_size as mms
+  onehot = np.array([[0, 1, 0, 2, 1, 0]])
+  assert mms.steps_since_last(onehot).tolist() == [[0, 0, 2, 0, 3, 3]]
+  # String labels: a class is its 5-character string.
+  a, b = [0, 1, 2, 3, 4], [4, 3, 2, 1, 0]
+  assert mms.steps_since_last(np.array([[a, b, b, a]])).tolist() == [[0, 0, 1, 3]]
+  correct = np.array([[True, False, True, True, False, True]])
+  gaps = mms.steps_since_last(onehot)
+  out = mms.bucket_accuracy(correct, gaps, gaps > 0, (1, 2, 8))
+  assert out == {"1-2": {"accuracy": 100.0, "count": 1}, "3-8": {"accuracy": 50.0, "count": 2}}
+  assert mms.bucket_accuracy(correct, gaps, gaps > 0, (9, 20))["9-20"] == {"accuracy": None, "count": 0}
+
+
+def test_mann_memory_size_quick(omniglot_dir, tmp_path):
+  from benchmarks import mann_memory_size as mms
+  out = mms.main(["--data-dir", str(omniglot_dir), "--name", "mann-omniglot-5way", "--sizes", "128,512",
+                  "--episodes", "20", "--out", str(tmp_path)])
+  rows = out["rows"]
+  assert [r["memory_size"] for r in rows] == [128, 512] and rows[0]["episodes"] == 20
+  # Every repeat presentation (5 classes × 9 repeats per episode) falls in one gap bucket and one third.
+  for key in ("by_gap", "by_step"):
+    assert sum(v["count"] for v in rows[0][key].values()) == 20 * 5 * 9
+  # The size override reaches the model: more slots change the predictions.
+  assert rows[0]["accuracy"] != rows[1]["accuracy"] or rows[0]["test_loss"] != rows[1]["test_loss"]
+  assert all(0 <= a <= 100 for r in rows for a in r["accuracy"].values())
+  assert (tmp_path / "mann_memory_size.json").exists()
+  for bad in (["--sizes", "2"], ["--sizes", "a,b"], ["--episodes", "0"], ["--name", "metanet-omniglot-5way"]):
+    with pytest.raises(SystemExit) as e:
+      mms.main(["--data-dir", str(omniglot_dir), "--out", str(tmp_path), *bad])
+    assert e.value.code == 2
