@@ -80,8 +80,9 @@ def bucket_accuracy(correct: np.ndarray, values: np.ndarray, mask: np.ndarray, e
 def _gap_rows(pre, data_dir, episodes: int) -> dict:
   """Accuracy of the repeat presentations by steps since their class was last
   shown (``by_gap``) and by position in the episode (``by_step``, thirds), on
-  ``episodes`` test episodes sampled as :func:`memjax.evaluation.mann_evaluator`
-  samples its first chunk."""
+  ``episodes`` test episodes drawn in one batch with the evaluation key
+  (:func:`memjax.training.eval_key`; not the evaluator's chunks, so not a
+  subset of its episodes)."""
   import jax
 
   from memjax import data, mann, training
@@ -109,7 +110,7 @@ def evaluate(name: str, sizes: list[int], data_dir, episodes: int) -> list[dict]
 
   Returns one ``{"memory_size", "accuracy": {instance: %}, "test_loss", "episodes",
   "by_gap"}`` per size, in order; ``by_gap`` and ``by_step`` (:func:`bucket_accuracy`,
-  on the first ≤ 200 of those episodes) are the accuracy of repeat
+  on ≤ 200 episodes drawn with the same key) are the accuracy of repeat
   presentations by the number of steps since their class was last shown and by
   their step in the episode.
   """
