@@ -54,13 +54,11 @@ def steps_since_last(targets: np.ndarray) -> np.ndarray:
   targets = np.asarray(targets)
   if targets.ndim == 3:
     targets = (targets * 5 ** np.arange(targets.shape[-1])).sum(-1)
-  gaps = np.zeros(targets.shape, np.int64)
-  for b in range(targets.shape[0]):
-    last = {}
-    for t, c in enumerate(targets[b].tolist()):
-      gaps[b, t] = t - last[c] if c in last else 0
-      last[c] = t
-  return gaps
+  t = np.arange(targets.shape[1])
+  # Earlier steps t' < t of the same class; the latest of them is the last presentation.
+  earlier = (targets[:, :, None] == targets[:, None, :]) & (t[None, :] < t[:, None])
+  last = np.where(earlier, t, -1).max(-1)
+  return np.where(last >= 0, t - last, 0)
 
 
 def bucket_accuracy(correct: np.ndarray, values: np.ndarray, mask: np.ndarray, edges) -> dict:
