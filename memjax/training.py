@@ -636,6 +636,8 @@ def lr_history(lr_of: Callable[[dict], float] = lambda config: config["lr"]
   :class:`ConfigMismatchError` names the first update whose rate would change.
   When the schedule changes, ``lr_history`` becomes the rates the updates so
   far were made at (so dropping a schedule for ``--lr`` legs keeps its past).
+  A resume past an ``lr_schedule``'s first step adds no entry: the schedule
+  sets every rate from there on, whatever ``--lr`` says.
   Leave these keys out of the :class:`Run`'s ``compare``.
 
   Args:
@@ -659,7 +661,10 @@ def lr_history(lr_of: Callable[[dict], float] = lambda config: config["lr"]
         rate = float(f"{learning_rate_at(old, step, lr_of):.7g}")  # the decimal given, not its float32
         if not history or history[-1][1] != rate:
           history.append([step, rate])
-    new_rate = lr_of(config) != history[-1][1]
+    # a base rate that the schedule overrides from the checkpoint on is no rate an update takes
+    schedule = config.get("lr_schedule") or []
+    inert = bool(schedule) and int(schedule[0][0]) <= start_step
+    new_rate = lr_of(config) != history[-1][1] and not inert
     if new_rate:
       history = [x for x in history if x[0] < start_step] + [[start_step, lr_of(config)]]
     config["lr_history"] = history

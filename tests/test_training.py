@@ -272,6 +272,26 @@ def test_lr_history_records_each_new_learning_rate_from_its_resume_step(capsys):
   assert new["lr_history"] == [[0, 1e-4], [40, 1e-5]]
 
 
+def test_lr_history_leaves_out_a_base_rate_that_the_schedule_overrides(capsys):
+  amend = training.lr_history()
+  first = {"lr": 1e-3, "lr_schedule": [[100, 1e-4]]}
+  amend(first, None, 0)
+  more = {"lr": 1e-3, "lr_schedule": [[100, 1e-4], [300, 1e-3]]}  # a later step added at 200
+  amend(more, first, 200)
+  assert more["lr_history"] == [[0, 1e-3], [100, 1e-4]]  # no [200, 1e-3]: no update takes it
+  assert capsys.readouterr().out == "learning rate from step 200 on: 0.0001 (was 0.0001)\n"
+  want = [1e-3, 1e-3, 1e-4, 1e-4, 1e-4, 1e-3]
+  got = [training.learning_rate_at(more, s) for s in (0, 99, 100, 200, 299, 300)]
+  np.testing.assert_allclose(got, want, rtol=1e-6)
+  again = {"lr": 1e-3, "lr_schedule": [[100, 1e-4], [300, 1e-3]]}
+  amend(again, more, 400)  # the same command resumed later: nothing new
+  assert again["lr_history"] == more["lr_history"]
+  before = {"lr": 5e-4, "lr_schedule": [[100, 1e-4]]}
+  amend(before, first, 50)  # before the schedule's first step the given rate is the rate
+  assert before["lr_history"] == [[0, 1e-3], [50, 5e-4]]
+  assert training.learning_rate_at(before, 60) == pytest.approx(5e-4)
+
+
 def test_step_decay_schedule_is_lr_history_applied_from_each_step():
   sched = training.step_decay(1e-3, 0, 0.1, [[3, 1e-4], [5, 1e-3], [8, 2e-5]])
   # update k + 1 runs at count k: the rate changes at the first update after each step
