@@ -279,7 +279,7 @@ def test_lr_history_leaves_out_a_base_rate_that_the_schedule_overrides(capsys):
   more = {"lr": 1e-3, "lr_schedule": [[100, 1e-4], [300, 1e-3]]}  # a later step added at 200
   amend(more, first, 200)
   assert more["lr_history"] == [[0, 1e-3], [100, 1e-4]]  # no [200, 1e-3]: no update takes it
-  assert capsys.readouterr().out == "learning rate from step 200 on: 0.0001 (was 0.0001)\n"
+  assert "learning rate from step 200 on: 0.0001" in capsys.readouterr().out
   want = [1e-3, 1e-3, 1e-4, 1e-4, 1e-4, 1e-3]
   got = [training.learning_rate_at(more, s) for s in (0, 99, 100, 200, 299, 300)]
   np.testing.assert_allclose(got, want, rtol=1e-6)
