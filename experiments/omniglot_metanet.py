@@ -17,6 +17,10 @@ the checkpoint on).
     python experiments/omniglot_metanet.py --num-classes 20 --workdir runs/metanet_20way
     python experiments/omniglot_metanet.py --workdir runs/metanet_5way --resume
     python experiments/omniglot_metanet.py --ablate no_task      # MetaNet− (no Q*)
+    # the full model started from a trained MetaNet− run (its new task-level meta
+    # learner d with a read-out × 0.1); Adam and the step count start afresh
+    python experiments/omniglot_metanet.py --init-from runs/metanet_5way --init-fresh-scale 0.1 \
+        --lr 1e-4 --workdir runs/metanet_full_5way
     # Table 3, the standard split: train on the 964 images_background characters,
     # test on 400 20-way episodes of the 659 images_evaluation characters
     python experiments/omniglot_metanet.py --num-classes 20 --train-split background \
@@ -65,7 +69,8 @@ from memjax.data import sample_few_shot
 from memjax.data.omniglot import SPLITS
 from memjax.evaluation import mean_ci95
 from memjax.metanet import EMBEDDING_LOSSES, FAST_LAYERS, MetaNet, episode_loss
-from memjax.metanet.omniglot import ABLATIONS, FAST_WEIGHTS, IMAGE_SIZE, NUM_SUPPORT, build_model
+from memjax.metanet.omniglot import (ABLATIONS, FAST_WEIGHTS, IMAGE_SIZE, NUM_SUPPORT, build_model,
+                                      warm_start_from_run)
 
 # N-way 1-shot Omniglot accuracy (%), Munkhdalai & Yu 2017.
 PAPER = {
@@ -141,6 +146,16 @@ def build_parser() -> argparse.ArgumentParser:
                  help="checkpoints, metrics.jsonl, results.json, learning_curve.png")
   p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --workdir")
   p.add_argument("--seed", type=int, default=0, help="parameter initialisation and training episodes")
+  p.add_argument("--init-from", metavar="WORKDIR", default=None,
+                 help="start from the variables of the last checkpoint in WORKDIR (a run of this "
+                      "script, or one written by memjax.pretrained.restore): every variable the "
+                      "model shares with it; the others (e.g. the full model's task-level meta "
+                      "learner, from a MetaNet− run) keep their --seed initialisation; the "
+                      "optimiser and the step count start afresh")
+  p.add_argument("--init-fresh-scale", type=positive_float, default=1.0,
+                 help="with --init-from: multiply the read-out layer of every meta learner not "
+                      "in the checkpoint by this (0.1: the new fast weights start small, so the "
+                      "model starts near the source run's accuracy)")
   p.add_argument("--lr", type=positive_float, default=1e-3,
                  help="Adam learning rate; a new value with --resume applies from the checkpoint on "
                       "(recorded in config.json's lr_history)")
@@ -184,6 +199,18 @@ def parse_args(parser: argparse.ArgumentParser, argv=None) -> argparse.Namespace
   cli.check_lr_flags(parser, args)
   if args.eval_only and args.resume:
     parser.error("--eval-only and --resume are exclusive (--eval-only trains nothing)")
+  if args.init_from is not None:
+    if args.eval_only:
+      parser.error("--init-from with --eval-only: --eval-only evaluates the checkpoint in --workdir")
+    resumed = args.resume and has_checkpoint(args.workdir)  # starts from its own checkpoint
+    if not resumed and not os.path.isdir(os.path.join(args.init_from, "checkpoints")):
+      parser.error(f"--init-from: no checkpoints folder in {args.init_from!r} (expected a run "
+                   f"directory of this script)")
+    if os.path.abspath(args.init_from) == os.path.abspath(args.workdir):
+      parser.error("--init-from: give another run's directory than --workdir (--resume continues "
+                   "the run in --workdir)")
+  elif args.init_fresh_scale != 1.0:
+    parser.error("--init-fresh-scale needs --init-from")
   return args
 
 
@@ -242,6 +269,25 @@ def make_optimizer(args) -> optax.GradientTransformation:
   following ``--lr-schedule``), gradient components clipped at ``--clip``."""
   lr = training.step_decay(args.lr, args.lr_drop_steps, args.lr_drop_factor, args.lr_schedule)
   return training.make_optimizer("adam", lr, clip=args.clip)
+
+
+def has_checkpoint(workdir: str) -> bool:
+  folder = os.path.join(workdir, "checkpoints")
+  return os.path.isdir(folder) and any(n.isdigit() for n in os.listdir(folder))
+
+
+def warm_start(parser: argparse.ArgumentParser, args, params):
+  """``--init-from``: the variables of its last checkpoint where the model has them."""
+  try:
+    params, taken, fresh = warm_start_from_run(params, args.init_from,
+                                               fresh_meta_out_scale=args.init_fresh_scale)
+  except (FileNotFoundError, ValueError) as e:
+    parser.error(f"--init-from {args.init_from}: {e}")
+  top = lambda names: sorted({n.split("/")[1] for n in names})  # noqa: E731
+  print(f"--init-from {args.init_from}: {len(taken)} arrays ({', '.join(top(taken))}) from its "
+        f"last checkpoint; {len(fresh)} as initialised ({', '.join(top(fresh)) or 'none'})"
+        + (f", meta learners' read-out × {args.init_fresh_scale:g}" if fresh else ""), flush=True)
+  return params
 
 
 def load_images(parser: argparse.ArgumentParser, args) -> tuple[jax.Array, jax.Array]:
@@ -380,6 +426,8 @@ def main(argv=None) -> dict:
     print(f"results in {os.path.join(args.workdir, 'results_eval.json')}")
     return results
 
+  if args.init_from is not None and not (args.resume and has_checkpoint(args.workdir)):
+    params = warm_start(parser, args, params)  # (a resumed run starts from its checkpoint)
   run = open_run(parser, args, config)
   loss_fn = cli.jitter_loss_schedule(args, lambda shift, degrees: episode_loss(  # --jitter-schedule
       model, train_images, batch_size=args.batch_size, num_classes=args.num_classes,

@@ -316,6 +316,73 @@ def load_checkpoint(workdir: str, like: TrainState) -> TrainState:
     ckpt.close()
 
 
+def load_checkpoint_params(workdir: str):
+  """The parameters of the latest checkpoint :func:`fit` wrote in ``workdir``,
+  read without a target (no model or optimiser needed): the saved pytree of
+  dicts and arrays, for :func:`warm_start`.
+
+  Raises:
+    FileNotFoundError: no checkpoint in ``workdir``.
+  """
+  missing = FileNotFoundError(f"no checkpoint in {os.path.join(os.path.abspath(workdir), 'checkpoints')}")
+  if not os.path.isdir(os.path.join(workdir, "checkpoints")):
+    raise missing
+  ckpt = _Checkpointer(workdir, keep=None)  # reads only: deletes nothing
+  try:
+    step = ckpt.latest_step()
+    if step is None:
+      raise missing
+    saved = ckpt.manager.restore(step)
+  finally:
+    ckpt.close()
+  params = saved.get("params") if isinstance(saved, Mapping) else getattr(saved, "params", None)
+  if params is None:
+    raise CheckpointMismatchError(f"checkpoint {step} in {os.path.abspath(workdir)} has no `params`")
+  return params
+
+
+def warm_start(params, source) -> tuple[Any, list[str], list[str]]:
+  """``params`` with every leaf that ``source`` has at the same path.
+
+  For starting a model from another's trained variables (e.g. the full MetaNet
+  from a MetaNet− run: every variable but the task-level meta learner's).
+
+  Args:
+    params: the new model's initial parameters (a pytree of dicts).
+    source: trained parameters (:func:`load_checkpoint_params`).
+
+  Returns:
+    (params, taken, fresh): the merged pytree, and the ``/``-joined paths of
+    the leaves taken from ``source`` and of those left as initialised.
+
+  Raises:
+    ValueError: a shared leaf whose shape or dtype differs (named), or no
+      leaf in common.
+  """
+  taken, fresh = [], []
+
+  def pick(path, leaf):
+    keys = tuple(map(_key, path))
+    name = "/".join(map(str, keys))
+    value = source
+    for k in keys:
+      try:
+        value = value[k]
+      except (KeyError, IndexError, TypeError):
+        fresh.append(name)
+        return leaf
+    if tuple(np.shape(value)) != tuple(leaf.shape) or np.dtype(value.dtype) != np.dtype(leaf.dtype):
+      raise ValueError(f"argument `source`: `{name}` is {list(np.shape(value))} {value.dtype}, the "
+                       f"model's {list(leaf.shape)} {leaf.dtype}")
+    taken.append(name)
+    return jnp.asarray(value)
+
+  merged = jax.tree_util.tree_map_with_path(pick, params)
+  if not taken:
+    raise ValueError("argument `source`: no variable in common with the model")
+  return merged, taken, fresh
+
+
 def _truncate_metrics(path: str, last_step: int):
   """Keeps the JSON lines with step <= last_step (drops a half-written last line)."""
   if not os.path.exists(path):

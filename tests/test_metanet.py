@@ -861,6 +861,63 @@ def test_experiment_resume_takes_a_jitter_schedule_from_the_checkpoint_on(tmp_pa
   assert "training jitter from step 300 on" in capsys.readouterr().out
 
 
+def test_experiment_init_from_starts_the_full_model_from_a_metanet_minus_run(omniglot_dir, tmp_path,
+                                                                             capsys):
+  from memjax.metanet.omniglot import build_model, warm_start_from_run
+  module = experiment()
+  tiny = ["--data-dir", str(omniglot_dir), "--train-split", "small1", "--test-split", "small1",
+          "--filters", "4", "--num-blocks", "1", "--hidden", "8", "--fast-layers", "fc",
+          "--num-query", "2", "--no-progress", "--no-plots", "--eval-episodes", "2",
+          "--eval-every", "0", "--log-every", "1", "--steps", "2"]
+  src = tmp_path / "minus"
+  module.main([*tiny, "--ablate", "no_task", "--workdir", str(src)])
+  capsys.readouterr()
+  config = json.loads((src / "config.json").read_text())
+  minus = build_model(config)
+  source = training.load_checkpoint(
+      str(src), training.init_state(minus.init(jax.random.key(0), method=MetaNet.init_params),
+                                    module.make_optimizer(module.parse_args(module.build_parser(), []))))
+  full = build_model({**config, "ablate": "none"})
+  init = full.init(jax.random.key(0), method=MetaNet.init_params)
+  warm, taken, fresh = warm_start_from_run(init, str(src), fresh_meta_out_scale=0.1)
+  assert {n.split("/")[1] for n in taken} == {"base", "embedding", "meta_example"}
+  assert {n.split("/")[1] for n in fresh} == {"meta_task"}
+  chex.assert_trees_all_equal(warm["params"]["base"], source.params["params"]["base"])
+  chex.assert_trees_all_equal(warm["params"]["meta_example"], source.params["params"]["meta_example"])
+  for group, net in warm["params"]["meta_task"].items():  # the new d: read-out × 0.1, the rest as is
+    for k, v in net.items():
+      want = init["params"]["meta_task"][group][k] * (0.1 if k in ("w_out", "b_out") else 1.0)
+      np.testing.assert_allclose(v, want, rtol=1e-6)
+  # With Q* near zero (read-out × 1e-6) the full model classifies as its MetaNet− source does.
+  rng = np.random.default_rng(0)
+  sx = jnp.asarray(rng.random((5, 28, 28, 1)), jnp.float32)
+  sy = jnp.arange(5)
+  qx = jnp.asarray(rng.random((4, 28, 28, 1)), jnp.float32)
+  want = minus.apply(source.params, sx, sy, qx)
+  near, _, _ = warm_start_from_run(init, str(src), fresh_meta_out_scale=1e-6)
+  np.testing.assert_allclose(full.apply(near, sx, sy, qx), want, atol=1e-4)
+  assert float(jnp.max(jnp.abs(full.apply(init, sx, sy, qx) - want))) > 1e-2  # not so without it
+  # The experiment: --init-from, recorded in the run's configuration.
+  results = module.main([*tiny, "--workdir", str(tmp_path / "full"), "--init-from", str(src),
+                         "--init-fresh-scale", "0.1", "--lr", "1e-9"])
+  out = capsys.readouterr().out
+  assert "(base, embedding, meta_example) from its last checkpoint" in out and "(meta_task)" in out
+  assert results["config"]["init_from"] == str(src) and results["config"]["init_fresh_scale"] == 0.1
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--init-fresh-scale", "0.1"], "--init-fresh-scale needs --init-from"),
+    (["--init-from", "/no/such/run"], "--init-from: no checkpoints folder"),
+    (["--init-from", "runs/x", "--workdir", "runs/x"], "another run's directory"),
+    (["--init-from", "runs/x", "--eval-only"], "--init-from with --eval-only")])
+def test_experiment_init_from_bad_flags_exit_2(flags, message, tmp_path, monkeypatch, capsys):
+  monkeypatch.chdir(tmp_path)
+  (tmp_path / "runs" / "x" / "checkpoints").mkdir(parents=True)
+  with pytest.raises(SystemExit) as e:
+    experiment().main(flags)
+  assert e.value.code == 2 and message in capsys.readouterr().err
+
+
 def test_experiment_resume_refuses_a_run_of_the_earlier_metanet(tmp_path, capsys):
   module = experiment()
   parser = module.build_parser()

@@ -371,3 +371,24 @@ def test_run_applies_a_sequence_of_amends_in_order(tmp_path):
                      amend=[lambda c, o, s: order.append("a") or c.update(a=1),
                             lambda c, o, s: order.append("b") or c.update(b=c["a"] + 1)])
   assert order == ["a", "b"] and run.config == {"x": 1, "a": 1, "b": 2}
+
+
+def test_warm_start_takes_the_checkpoints_shared_variables_and_keeps_the_rest(tmp_path):
+  with pytest.raises(FileNotFoundError, match="no checkpoint"):
+    training.load_checkpoint_params(str(tmp_path))
+  opt = training.make_optimizer("adam", 0.05)
+  state, _ = training.fit(regression_loss, PARAMS, opt, num_steps=20, workdir=str(tmp_path),
+                          checkpoint_every=10, progress=False)
+  source = training.load_checkpoint_params(str(tmp_path))  # no model or optimiser needed
+  np.testing.assert_array_equal(source["w"], state.params["w"])
+  # A bigger model: "w" and "b" shared, "extra" new.
+  params = {"w": jnp.ones(3), "b": jnp.ones(()), "extra": {"v": jnp.full((2,), 7.0)}}
+  merged, taken, fresh = training.warm_start(params, source)
+  assert sorted(taken) == ["b", "w"] and fresh == ["extra/v"]
+  np.testing.assert_array_equal(merged["w"], state.params["w"])
+  np.testing.assert_array_equal(merged["b"], state.params["b"])
+  np.testing.assert_array_equal(merged["extra"]["v"], params["extra"]["v"])
+  with pytest.raises(ValueError, match="`w` is \\[3\\] float32, the model's \\[4\\]"):
+    training.warm_start({"w": jnp.zeros(4)}, source)
+  with pytest.raises(ValueError, match="no variable in common"):
+    training.warm_start({"u": jnp.zeros(3)}, source)

@@ -70,6 +70,57 @@ def build_model(config, num_classes: int | None = None) -> MetaNet:
                  **kw)
 
 
+def warm_start_from_run(params: dict, workdir: str, *,
+                        fresh_meta_out_scale: float = 1.0) -> tuple[dict, list[str], list[str]]:
+  """MetaNet variables started from the latest checkpoint of another run.
+
+  Every variable the checkpoint has at the same path (and shape) is taken from
+  it; the others keep their initialisation. The intended use: the full model
+  (task-level fast weights Q*) started from a trained MetaNet− run, whose
+  checkpoint has every variable but the task-level meta learner d
+  (``meta_task``). ``fresh_meta_out_scale`` multiplies the read-out layer of
+  every meta learner left as initialised, so that its fast weights start
+  small and the warm-started model starts near its source's accuracy (the
+  full model from the 80,000-episode MetaNet−, 100 test episodes: 98.0% with
+  0.1, 85.6% with 1).
+
+  Args:
+    params: the model's initial variables (``{"params": {...}}``).
+    workdir: a run directory of ``experiments/omniglot_metanet.py`` (or one
+      written by ``memjax.pretrained.restore``).
+    fresh_meta_out_scale: see above (1: the initialisation unchanged).
+
+  Returns:
+    (params, taken, fresh): the variables, and the paths taken from the
+    checkpoint and left as initialised.
+
+  Raises:
+    FileNotFoundError: no checkpoint in ``workdir``.
+    ValueError: a shared variable of another shape (named).
+  """
+  from memjax import training
+
+  merged, taken, fresh = training.warm_start(params, training.load_checkpoint_params(workdir))
+  if fresh_meta_out_scale != 1.0:
+    inner = dict(merged["params"])
+    for meta in ("meta_task", "meta_example"):
+      if meta not in inner:
+        continue
+      nets = dict(inner[meta])
+      for group, net in nets.items():
+        if any(name.startswith(f"params/{meta}/{group}/") for name in taken):
+          continue  # trained: left as it is
+        if "w_out" in net:
+          out = ("w_out", "b_out")
+        else:
+          last = max(int(k[1:]) for k in net if k[0] == "w" and k[1:].isdigit())
+          out = (f"w{last}", f"b{last}")
+        nets[group] = {k: v * fresh_meta_out_scale if k in out else v for k, v in net.items()}
+      inner[meta] = nets
+    merged = {**merged, "params": inner}
+  return merged, taken, fresh
+
+
 def episode_loss(model: MetaNet, images: jax.Array, *, batch_size: int, num_classes: int,
                  num_query: int, num_support: int = NUM_SUPPORT, rotate: bool = True,
                  sampler: Callable | None = None) -> Callable:
