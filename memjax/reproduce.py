@@ -55,12 +55,17 @@ class Row:
     recipe: that script's flags, used for ``--train`` when the model is not
       shipped (a shipped model's recorded command wins); from the README.
     ways: MetaNet only: the K-way episodes it is tested on.
+    init_from: the model this row's training starts from (the recipe's
+      ``--init-from``): ``--train`` points it at that row's retrained run in
+      ``OUT/train/NAME`` where there is one (trained first, in the same
+      table), else at the shipped model restored there.
   """
   name: str
   label: str
   script: str
   recipe: tuple[str, ...] = ()
   ways: tuple[int, ...] = ()
+  init_from: str = ""
 
 
 @dataclass(frozen=True)
@@ -118,6 +123,10 @@ PAPER = {
     },
 }
 
+# The full model, started from the MetaNet− run of `metanet-omniglot-5way` (Row.init_from).
+_METANET_FULL = ("--init-from", "runs/metanet_5way_80000", "--init-fresh-scale", "0.1", "--max-shift", "2",
+                 "--max-rotation", "11.25", "--lr", "3e-5", "--lr-schedule", "200:1e-4", "--steps",
+                 "10000", "--max-minutes", "95", "--eval-every", "500", "--curve-episodes", "40")
 _MANN_ADAM = ("--optimizer", "adam", "--lr", "1e-3", "--eval-every", "500", "--eval-episodes", "1000")
 TABLES: dict[str, Table] = {t.key: t for t in (
     Table("copy", "NTM copy task (Graves et al. 2014, §4.1): bit error rate (%) at length", "copy",
@@ -142,7 +151,9 @@ TABLES: dict[str, Table] = {t.key: t for t in (
                ("--max-minutes", "60", "--eval-every", "200", "--curve-episodes", "40"), (5,)),
            Row("metanet-omniglot-20way", "memjax MetaNet, trained 20-way", "omniglot_metanet",
                ("--num-classes", "20", "--max-minutes", "43", "--eval-every", "100", "--curve-episodes",
-                "20", "--checkpoint-every", "25"), (20,))),
+                "20", "--checkpoint-every", "25"), (20,)),
+           Row("metanet-omniglot-5way-full", "memjax MetaNet (full model), trained 5-way",
+               "omniglot_metanet", _METANET_FULL, (5,), init_from="metanet-omniglot-5way")),
           PAPER["metanet-table1"], episodes={5: 100, 20: 32}),
     Table("metanet-table3", "Omniglot N-way 1-shot accuracy (%), standard split: 964 background / "
           "659 evaluation characters (Munkhdalai & Yu 2017, Table 3)", "metanet", WAY_COLUMNS,
@@ -159,7 +170,9 @@ TABLES: dict[str, Table] = {t.key: t for t in (
                (5, 10, 15, 20)),
            Row("metanet-omniglot-20way", "memjax MetaNet trained 20-way", "omniglot_metanet",
                ("--num-classes", "20", "--max-minutes", "43", "--eval-every", "100", "--curve-episodes",
-                "20", "--checkpoint-every", "25"), (5, 10, 15, 20))),
+                "20", "--checkpoint-every", "25"), (5, 10, 15, 20)),
+           Row("metanet-omniglot-5way-full", "memjax MetaNet (full model) trained 5-way",
+               "omniglot_metanet", _METANET_FULL, (5, 10, 15, 20), init_from="metanet-omniglot-5way")),
           PAPER["metanet-table4"],
           "K ≠ N: the N-way-trained variables with a K-way softmax layer of fast weights only "
           "(memjax.pretrained.load(name, num_classes=K)).",
@@ -347,6 +360,23 @@ def _without(argv: list[str], flag: str, takes: bool) -> list[str]:
   return out
 
 
+def _init_source(name: str, out: Path) -> Path:
+  """The run a row's ``--init-from`` names: ``OUT/train/NAME`` (retrained, or the
+  shipped model ``name`` restored there)."""
+  from memjax import pretrained
+  from memjax.pretrained import restore
+
+  workdir = out / "train" / name
+  if (workdir / "checkpoints").is_dir():
+    return workdir
+  if name not in pretrained.available():
+    raise ReproduceError(f"training starts from {name}, which is neither retrained in {workdir} nor "
+                         f"shipped; retrain its table's row first")
+  print(f"restoring {name} into {workdir} (the run this row's training starts from)", flush=True)
+  restore.restore_run(name, workdir)
+  return workdir
+
+
 def train_row(row: Row, table: Table, args, out: Path) -> Path:
   """Retrains ``row`` with its recorded recipe into ``OUT/train/NAME``; returns the exported ``.json``."""
   from memjax import pretrained
@@ -369,6 +399,8 @@ def train_row(row: Row, table: Table, args, out: Path) -> Path:
     argv = _without(argv, "--data-dir", True)
     if args.data_dir:
       argv += ["--data-dir", args.data_dir]
+  if row.init_from:
+    argv = _set_flags(argv, ["--init-from", str(_init_source(row.init_from, out).resolve())], parser)
   if args.quick:
     argv = _set_flags(argv, list(QUICK_TRAIN_FLAGS[row.script]), parser)
   if args.max_minutes is not None:

@@ -146,9 +146,41 @@ def test_metanet_table_reevaluates_an_exported_run_and_reports_the_missing_row(o
                          str(omniglot_dir), "--out", str(tmp_path / "out")])
   err = capsys.readouterr().err
   assert code == 2, err[-3000:]
-  assert "metanet-omniglot-20way" in err
+  assert "metanet-omniglot-20way" in err and "metanet-omniglot-5way-full" in err
   result = json.loads((tmp_path / "out" / "metanet-table1.json").read_text())
-  assert result["missing"] == ["metanet-omniglot-20way"]
+  assert result["missing"] == ["metanet-omniglot-20way", "metanet-omniglot-5way-full"]
   row = result["rows"][0]
   assert row["episodes"] == {"5-way": 8}
   assert row["measured"]["5-way"] == pytest.approx(row["recorded"]["5-way"], abs=1e-6)
+
+
+def test_train_starts_the_full_metanet_row_from_the_5way_rows_run(tmp_path, monkeypatch, capsys):
+  """--train: a row with ``init_from`` gets ``--init-from OUT/train/NAME``: the shipped model
+  restored there, or that row's retrained run where there is one."""
+  table = reproduce.TABLES["metanet-table1"]
+  row = next(r for r in table.rows if r.init_from)
+  assert row.init_from == "metanet-omniglot-5way" and row.init_from in {r.name for r in table.rows}
+  args = reproduce.build_parser().parse_args(["metanet-table1", "--train", "--quick", "--no-progress",
+                                              "--out", str(tmp_path)])
+  commands = []
+  monkeypatch.setattr(reproduce.subprocess, "call", lambda cmd, **kw: commands.append(cmd) or 1)
+  source = tmp_path / "train" / row.init_from
+  if row.init_from in pretrained.available():  # restored, then named
+    with pytest.raises(reproduce.ReproduceError, match="failed"):
+      reproduce.train_row(row, table, args, tmp_path)
+    assert (source / "checkpoints").is_dir() and (source / "config.json").exists()
+    assert "restoring metanet-omniglot-5way" in capsys.readouterr().out
+    argv = commands[-1]
+    assert argv[argv.index("--init-from") + 1] == str(source.resolve())
+  # An earlier row's retrained run is used as it is.
+  other = tmp_path / "other"
+  (other / "train" / row.init_from / "checkpoints").mkdir(parents=True)
+  with pytest.raises(reproduce.ReproduceError, match="failed"):
+    reproduce.train_row(row, table, args, other)
+  argv = commands[-1]
+  assert argv[argv.index("--init-from") + 1] == str((other / "train" / row.init_from).resolve())
+  assert "restoring" not in capsys.readouterr().out
+  # Neither retrained nor shipped: a clear error.
+  monkeypatch.setattr(pretrained, "available", lambda: ())
+  with pytest.raises(reproduce.ReproduceError, match="neither retrained .* nor shipped"):
+    reproduce.train_row(row, table, args, tmp_path / "none")
