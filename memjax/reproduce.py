@@ -126,7 +126,7 @@ PAPER = {
 # The full model, started from the MetaNet− run of `metanet-omniglot-5way` (Row.init_from).
 _METANET_FULL = ("--init-from", "runs/metanet_5way_80000", "--init-fresh-scale", "0.1", "--max-shift", "2",
                  "--max-rotation", "11.25", "--lr", "3e-5", "--lr-schedule", "200:1e-4", "--steps",
-                 "10000", "--max-minutes", "95", "--eval-every", "500", "--curve-episodes", "40")
+                 "10005", "--max-minutes", "95", "--eval-every", "500", "--curve-episodes", "40")
 _MANN_ADAM = ("--optimizer", "adam", "--lr", "1e-3", "--eval-every", "500", "--eval-episodes", "1000")
 TABLES: dict[str, Table] = {t.key: t for t in (
     Table("copy", "NTM copy task (Graves et al. 2014, §4.1): bit error rate (%) at length", "copy",
