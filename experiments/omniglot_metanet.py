@@ -202,10 +202,6 @@ def parse_args(parser: argparse.ArgumentParser, argv=None) -> argparse.Namespace
   if args.init_from is not None:
     if args.eval_only:
       parser.error("--init-from with --eval-only: --eval-only evaluates the checkpoint in --workdir")
-    resumed = args.resume and has_checkpoint(args.workdir)  # starts from its own checkpoint
-    if not resumed and not os.path.isdir(os.path.join(args.init_from, "checkpoints")):
-      parser.error(f"--init-from: no checkpoints folder in {args.init_from!r} (expected a run "
-                   f"directory of this script)")
     if os.path.abspath(args.init_from) == os.path.abspath(args.workdir):
       parser.error("--init-from: give another run's directory than --workdir (--resume continues "
                    "the run in --workdir)")
@@ -274,6 +270,18 @@ def make_optimizer(args) -> optax.GradientTransformation:
 def has_checkpoint(workdir: str) -> bool:
   folder = os.path.join(workdir, "checkpoints")
   return os.path.isdir(folder) and any(n.isdigit() for n in os.listdir(folder))
+
+
+def starts_from_init(parser: argparse.ArgumentParser, args) -> bool:
+  """Whether this invocation takes its variables from ``--init-from`` (not when
+  it evaluates, or resumes a run that has checkpoints), checking that folder.
+  (Not in :func:`parse_args`: a recorded command parses without the folder.)"""
+  if args.init_from is None or args.eval_only or (args.resume and has_checkpoint(args.workdir)):
+    return False
+  if not has_checkpoint(args.init_from):
+    parser.error(f"--init-from: no checkpoint in {args.init_from!r} (expected a run directory of "
+                 f"this script, e.g. one written by python -m memjax.pretrained.restore)")
+  return True
 
 
 def warm_start(parser: argparse.ArgumentParser, args, params):
@@ -414,6 +422,7 @@ def main(argv=None) -> dict:
   parser = build_parser()
   args = parse_args(parser, argv)
   config = run_config(parser, args)
+  init = starts_from_init(parser, args)
   train_images, test_images = load_images(parser, args)
   model = build_model(args)
   params = model.init(jax.random.key(args.seed), method=MetaNet.init_params)
@@ -426,8 +435,8 @@ def main(argv=None) -> dict:
     print(f"results in {os.path.join(args.workdir, 'results_eval.json')}")
     return results
 
-  if args.init_from is not None and not (args.resume and has_checkpoint(args.workdir)):
-    params = warm_start(parser, args, params)  # (a resumed run starts from its checkpoint)
+  if init:
+    params = warm_start(parser, args, params)
   run = open_run(parser, args, config)
   loss_fn = cli.jitter_loss_schedule(args, lambda shift, degrees: episode_loss(  # --jitter-schedule
       model, train_images, batch_size=args.batch_size, num_classes=args.num_classes,

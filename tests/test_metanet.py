@@ -907,15 +907,23 @@ def test_experiment_init_from_starts_the_full_model_from_a_metanet_minus_run(omn
 
 @pytest.mark.parametrize("flags, message", [
     (["--init-fresh-scale", "0.1"], "--init-fresh-scale needs --init-from"),
-    (["--init-from", "/no/such/run"], "--init-from: no checkpoints folder"),
+    (["--init-from", "/no/such/run"], "--init-from: no checkpoint in '/no/such/run'"),
     (["--init-from", "runs/x", "--workdir", "runs/x"], "another run's directory"),
     (["--init-from", "runs/x", "--eval-only"], "--init-from with --eval-only")])
 def test_experiment_init_from_bad_flags_exit_2(flags, message, tmp_path, monkeypatch, capsys):
   monkeypatch.chdir(tmp_path)
-  (tmp_path / "runs" / "x" / "checkpoints").mkdir(parents=True)
+  (tmp_path / "runs" / "x" / "checkpoints" / "5").mkdir(parents=True)
   with pytest.raises(SystemExit) as e:
     experiment().main(flags)
   assert e.value.code == 2 and message in capsys.readouterr().err
+  assert not (tmp_path / "runs" / "metanet").exists()  # nothing written
+
+
+def test_experiment_parses_an_init_from_command_without_its_folder():
+  """A recorded command (memjax.pretrained) parses where its --init-from run is absent."""
+  module = experiment()
+  args = module.parse_args(module.build_parser(), ["--init-from", "/no/such/run", "--resume"])
+  assert args.init_from == "/no/such/run"
 
 
 def test_experiment_resume_refuses_a_run_of_the_earlier_metanet(tmp_path, capsys):
