@@ -332,7 +332,9 @@ def load_checkpoint_params(workdir: str):
     step = ckpt.latest_step()
     if step is None:
       raise missing
-    saved = ckpt.manager.restore(step)
+    tree = ckpt.manager.item_metadata(step).tree  # the saved shapes: restore with a target
+    abstract = jax.tree.map(lambda m: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype), tree)
+    saved = ckpt.manager.restore(step, args=ckpt._ocp.args.StandardRestore(abstract))
   finally:
     ckpt.close()
   params = saved.get("params") if isinstance(saved, Mapping) else getattr(saved, "params", None)
