@@ -267,18 +267,13 @@ def make_optimizer(args) -> optax.GradientTransformation:
   return training.make_optimizer("adam", lr, clip=args.clip)
 
 
-def has_checkpoint(workdir: str) -> bool:
-  folder = os.path.join(workdir, "checkpoints")
-  return os.path.isdir(folder) and any(n.isdigit() for n in os.listdir(folder))
-
-
 def starts_from_init(parser: argparse.ArgumentParser, args) -> bool:
   """Whether this invocation takes its variables from ``--init-from`` (not when
   it evaluates, or resumes a run that has checkpoints), checking that folder.
   (Not in :func:`parse_args`: a recorded command parses without the folder.)"""
-  if args.init_from is None or args.eval_only or (args.resume and has_checkpoint(args.workdir)):
+  if args.init_from is None or args.eval_only or (args.resume and training.latest_checkpoint_step(args.workdir)):
     return False
-  if not has_checkpoint(args.init_from):
+  if not training.latest_checkpoint_step(args.init_from):
     parser.error(f"--init-from: no checkpoint in {args.init_from!r} (expected a run directory of "
                  f"this script, e.g. one written by python -m memjax.pretrained.restore)")
   return True

@@ -245,6 +245,13 @@ class _Checkpointer:
           f"(was it written with another configuration or memjax version?): {str(e)[:500]}") from None
     return TrainState(*restored) if not isinstance(restored, TrainState) else restored
 
+  def restore_saved(self):
+    """The latest checkpoint as saved (dicts, lists, arrays), typed by its own metadata."""
+    step = self.latest_step()
+    abstract = jax.tree.map(lambda m: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype),
+                            self.manager.item_metadata(step).tree)
+    return self.manager.restore(step, args=self._ocp.args.StandardRestore(abstract))
+
   def close(self):
     self.manager.wait_until_finished()
     self.manager.close()
@@ -253,6 +260,16 @@ class _Checkpointer:
 def _key(k) -> Any:
   """A pytree path entry's key: dict key, attribute name or sequence index."""
   return getattr(k, "key", getattr(k, "name", getattr(k, "idx", None)))
+
+
+def _lookup(tree, keys: tuple):
+  """``tree[k1][k2]...`` for the path ``keys``, or None where it has no such entry."""
+  for k in keys:
+    try:
+      tree = tree[k]
+    except (KeyError, IndexError, TypeError):
+      return None
+  return tree
 
 
 def _leaf_paths(tree) -> set[tuple]:
@@ -277,13 +294,7 @@ def _with_schedule_counts(saved, like: TrainState, step: int) -> TrainState:
 
   def fill(path, leaf):
     path = tuple(map(_key, path))
-    value = saved
-    for k in path:
-      try:
-        value = value[k]
-      except (KeyError, IndexError, TypeError):
-        value = None
-        break
+    value = _lookup(saved, path)
     shape, dtype = tuple(leaf.shape), np.dtype(leaf.dtype)  # an array or a ShapeDtypeStruct
     if value is None:
       if any(path[:len(p)] == p for p in sched_paths):
@@ -301,19 +312,24 @@ def _with_schedule_counts(saved, like: TrainState, step: int) -> TrainState:
   return state
 
 
-def load_checkpoint(workdir: str, like: TrainState) -> TrainState:
-  """The latest checkpoint :func:`fit` wrote in ``workdir``, restored into the
-  structure of ``like`` (e.g. ``init_state(params, optimizer)`` of the same model)."""
+def _read_latest(workdir: str, read: Callable[[_Checkpointer], Any]):
+  """``read(checkpointer)`` on the latest checkpoint in ``workdir`` (reads only: deletes nothing)."""
   missing = FileNotFoundError(f"no checkpoint in {os.path.join(os.path.abspath(workdir), 'checkpoints')}")
   if not os.path.isdir(os.path.join(workdir, "checkpoints")):
     raise missing  # before the manager, which would create the directory
-  ckpt = _Checkpointer(workdir, keep=None)  # reads only: deletes nothing
+  ckpt = _Checkpointer(workdir, keep=None)
   try:
     if ckpt.latest_step() is None:
       raise missing
-    return ckpt.restore(like)
+    return read(ckpt)
   finally:
     ckpt.close()
+
+
+def load_checkpoint(workdir: str, like: TrainState) -> TrainState:
+  """The latest checkpoint :func:`fit` wrote in ``workdir``, restored into the
+  structure of ``like`` (e.g. ``init_state(params, optimizer)`` of the same model)."""
+  return _read_latest(workdir, lambda ckpt: ckpt.restore(like))
 
 
 def load_checkpoint_params(workdir: str):
@@ -324,22 +340,10 @@ def load_checkpoint_params(workdir: str):
   Raises:
     FileNotFoundError: no checkpoint in ``workdir``.
   """
-  missing = FileNotFoundError(f"no checkpoint in {os.path.join(os.path.abspath(workdir), 'checkpoints')}")
-  if not os.path.isdir(os.path.join(workdir, "checkpoints")):
-    raise missing
-  ckpt = _Checkpointer(workdir, keep=None)  # reads only: deletes nothing
-  try:
-    step = ckpt.latest_step()
-    if step is None:
-      raise missing
-    tree = ckpt.manager.item_metadata(step).tree  # the saved shapes: restore with a target
-    abstract = jax.tree.map(lambda m: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype), tree)
-    saved = ckpt.manager.restore(step, args=ckpt._ocp.args.StandardRestore(abstract))
-  finally:
-    ckpt.close()
-  params = saved.get("params") if isinstance(saved, Mapping) else getattr(saved, "params", None)
+  saved = _read_latest(workdir, _Checkpointer.restore_saved)
+  params = _lookup(saved, ("params",))
   if params is None:
-    raise CheckpointMismatchError(f"checkpoint {step} in {os.path.abspath(workdir)} has no `params`")
+    raise CheckpointMismatchError(f"the latest checkpoint in {os.path.abspath(workdir)} has no `params`")
   return params
 
 
@@ -366,13 +370,10 @@ def warm_start(params, source) -> tuple[Any, list[str], list[str]]:
   def pick(path, leaf):
     keys = tuple(map(_key, path))
     name = "/".join(map(str, keys))
-    value = source
-    for k in keys:
-      try:
-        value = value[k]
-      except (KeyError, IndexError, TypeError):
-        fresh.append(name)
-        return leaf
+    value = _lookup(source, keys)
+    if value is None:
+      fresh.append(name)
+      return leaf
     if tuple(np.shape(value)) != tuple(leaf.shape) or np.dtype(value.dtype) != np.dtype(leaf.dtype):
       raise ValueError(f"argument `source`: `{name}` is {list(np.shape(value))} {value.dtype}, the "
                        f"model's {list(leaf.shape)} {leaf.dtype}")
@@ -851,7 +852,7 @@ class Run:
         if error is not None:
           error(message)
         raise ConfigMismatchError(message)
-    self.start_step = _latest_checkpoint_step(self.path) if resume else 0
+    self.start_step = latest_checkpoint_step(self.path) if resume else 0
     self.prior_train_seconds = _prior_train_seconds(self.path, self.start_step)
     self._saved_config_text = None
     if self.saved_config is not None:
@@ -995,7 +996,8 @@ def _write_text(path: str, text: str) -> None:
   os.replace(tmp, path)
 
 
-def _latest_checkpoint_step(workdir: str) -> int:
+def latest_checkpoint_step(workdir: str) -> int:
+  """The step of the latest checkpoint in ``workdir`` (0: none)."""
   path = os.path.join(workdir, "checkpoints")
   steps = [int(d) for d in os.listdir(path) if d.isdigit()] if os.path.isdir(path) else []
   return max(steps, default=0)
