@@ -147,9 +147,9 @@ TABLES: dict[str, Table] = {t.key: t for t in (
           PAPER["mann-table2"]),
     Table("metanet-table1", "Omniglot N-way 1-shot accuracy (%), 1,200/423 split "
           "(Munkhdalai & Yu 2017, Table 1)", "metanet", WAY_COLUMNS,
-          (Row("metanet-omniglot-5way", "memjax MetaNet, trained 5-way", "omniglot_metanet",
+          (Row("metanet-omniglot-5way", "memjax MetaNet−, trained 5-way", "omniglot_metanet",
                ("--max-minutes", "60", "--eval-every", "200", "--curve-episodes", "40"), (5,)),
-           Row("metanet-omniglot-20way", "memjax MetaNet, trained 20-way", "omniglot_metanet",
+           Row("metanet-omniglot-20way", "memjax MetaNet−, trained 20-way", "omniglot_metanet",
                ("--num-classes", "20", "--max-minutes", "43", "--eval-every", "100", "--curve-episodes",
                 "20", "--checkpoint-every", "25"), (20,)),
            Row("metanet-omniglot-5way-full", "memjax MetaNet (full model), trained 5-way",
@@ -157,7 +157,7 @@ TABLES: dict[str, Table] = {t.key: t for t in (
           PAPER["metanet-table1"], episodes={5: 100, 20: 32}),
     Table("metanet-table3", "Omniglot N-way 1-shot accuracy (%), standard split: 964 background / "
           "659 evaluation characters (Munkhdalai & Yu 2017, Table 3)", "metanet", WAY_COLUMNS,
-          (Row("metanet-omniglot-standard-20way", "memjax MetaNet, trained 20-way (background)",
+          (Row("metanet-omniglot-standard-20way", "memjax MetaNet−, trained 20-way (background)",
                "omniglot_metanet",
                ("--num-classes", "20", "--train-split", "background", "--test-split", "evaluation",
                 "--max-minutes", "60", "--eval-every", "100", "--curve-episodes", "20",
@@ -165,10 +165,10 @@ TABLES: dict[str, Table] = {t.key: t for t in (
           PAPER["metanet-table3"], episodes={5: 80, 10: 32, 15: 16, 20: 12}),
     Table("metanet-table4", "Omniglot: MetaNet trained N-way, tested K-way, accuracy (%) "
           "(Munkhdalai & Yu 2017, Table 4)", "metanet", WAY_COLUMNS,
-          (Row("metanet-omniglot-5way", "memjax MetaNet trained 5-way", "omniglot_metanet",
+          (Row("metanet-omniglot-5way", "memjax MetaNet− trained 5-way", "omniglot_metanet",
                ("--max-minutes", "60", "--eval-every", "200", "--curve-episodes", "40"),
                (5, 10, 15, 20)),
-           Row("metanet-omniglot-20way", "memjax MetaNet trained 20-way", "omniglot_metanet",
+           Row("metanet-omniglot-20way", "memjax MetaNet− trained 20-way", "omniglot_metanet",
                ("--num-classes", "20", "--max-minutes", "43", "--eval-every", "100", "--curve-episodes",
                 "20", "--checkpoint-every", "25"), (5, 10, 15, 20)),
            Row("metanet-omniglot-5way-full", "memjax MetaNet (full model) trained 5-way",

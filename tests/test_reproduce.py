@@ -78,6 +78,21 @@ def test_every_table_names_real_experiments_and_the_papers_rows():
       assert set(row.ways) <= set(table.episodes)  # a default evaluation size for every K
 
 
+
+def test_metanet_row_labels_say_which_model_the_shipped_weights_are():
+  """A row is labelled MetaNet− exactly when its shipped model has no task-level fast weights."""
+  shipped = set(pretrained.available())
+  checked = 0
+  for table in reproduce.TABLES.values():
+    for row in table.rows:
+      if row.script != "omniglot_metanet" or row.name not in shipped:
+        continue
+      kwargs = pretrained.record(row.name)["model"]["kwargs"]
+      minus = not kwargs.get("use_task_fast_weights", True)
+      assert ("MetaNet−" in row.label) == minus, (table.key, row.name, row.label)
+      checked += 1
+  assert checked >= 4
+
 @pytest.mark.slow
 def test_train_copy_retrains_exports_and_evaluates(tmp_path):
   tiny = ("--memory-size 8 --word-size 4 --controller-features 8 --steps 4 --eval-every 2 "
