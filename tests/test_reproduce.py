@@ -78,7 +78,6 @@ def test_every_table_names_real_experiments_and_the_papers_rows():
       assert set(row.ways) <= set(table.episodes)  # a default evaluation size for every K
 
 
-
 def test_metanet_row_labels_say_which_model_the_shipped_weights_are():
   """A row is labelled MetaNet− exactly when its shipped model has no task-level fast weights."""
   shipped = set(pretrained.available())
@@ -92,6 +91,7 @@ def test_metanet_row_labels_say_which_model_the_shipped_weights_are():
       assert ("MetaNet−" in row.label) == minus, (table.key, row.name, row.label)
       checked += 1
   assert checked >= 4
+
 
 @pytest.mark.slow
 def test_train_copy_retrains_exports_and_evaluates(tmp_path):
