@@ -87,6 +87,10 @@ BASELINES = {
     "Prototypical Nets": {5: 98.8, 20: 96.0},
     "MAML": {5: 98.7, 20: 95.8},
 }
+# Configuration flags that --eval-only may set otherwise than the run was trained with: they
+# only shape the test episodes (--num-query Q scores a run on the test episodes of runs trained
+# with Q queries per class).
+EVAL_ONLY_FLAGS = ("num_query",)
 # Flags that are not part of a run's configuration (config.json).
 NOT_CONFIG = ("resume", "no_progress", "no_plots", "max_minutes", "steps", "data_dir", "eval_episodes",
               "eval_every", "curve_episodes", "checkpoint_every", "log_every", "test_num_classes",
@@ -135,7 +139,10 @@ def build_parser() -> argparse.ArgumentParser:
                  metavar="K[,K...]",
                  help="also evaluate K-way (repeatable or comma-separated; K != N uses a K-way "
                       "softmax layer of fast weights only, Table 4)")
-  p.add_argument("--num-query", type=positive_int, default=10, help="queries per class")
+  p.add_argument("--num-query", type=positive_int, default=10,
+                 help="queries per class, in the training and the test episodes alike (the "
+                 "test episodes are drawn with it: compare runs' tests at the same value; "
+                 "with --eval-only it may differ from the run's, to score it on such episodes)")
   p.add_argument("--batch-size", type=positive_int, default=1, help="episodes per update")
   cli.add_jitter_flags(p)
   p.add_argument("--steps", type=positive_int, default=100_000,
@@ -235,13 +242,17 @@ def run_config(parser: argparse.ArgumentParser, args) -> dict:
     return config
   compared = [k for k in config if k != "workdir"]
   changed = sorted(k for k in compared if k in old and config[k] != parser.get_default(k)
-                   and config[k] != old[k])
+                   and config[k] != old[k] and k not in EVAL_ONLY_FLAGS)
   if changed:
     parser.error(f"--eval-only with flags that differ from {path}: {changed}")
+  given = {k: getattr(args, k) for k in EVAL_ONLY_FLAGS if getattr(args, k) != parser.get_default(k)}
   for k in compared:
     if k != "fast_weights":
       setattr(args, k, old.get(k, parser.get_default(k)))
-  return {k: config[k] if k in ("workdir", "fast_weights") else getattr(args, k) for k in config}
+  config = {k: config[k] if k in ("workdir", "fast_weights") else getattr(args, k) for k in config}
+  for k, v in given.items():  # the test episodes' protocol; config.json keeps the training value
+    setattr(args, k, v)
+  return config
 
 
 def open_run(parser: argparse.ArgumentParser, args, config: dict) -> training.Run:

@@ -650,6 +650,16 @@ def test_experiment_smoke(omniglot_dir, tmp_path, monkeypatch, capsys):
   assert again["steps"] == 3 and again["test_accuracy"] == saved["test_accuracy"]
   assert again["k_way"]["10"]["test_accuracy"] == kw["10"]["test_accuracy"]
   assert json.loads((tmp_path / "results_eval.json").read_text())["k_way"]["10"] == again["k_way"]["10"]
+  # --num-query Q scores the run on the test episodes of Q queries per class (those of runs
+  # trained with Q); the recorded configuration keeps the training value.
+  other = module.main(["--data-dir", str(omniglot_dir), "--workdir", str(tmp_path), "--eval-only",
+                       "--eval-episodes", "4", "--no-progress", "--num-query", "3"])
+  assert other["num_query_per_class"] == 3 and other["config"]["num_query"] == 2
+  assert saved["num_query_per_class"] == 2 and other["steps"] == 3
+  assert json.loads((tmp_path / "config.json").read_text())["num_query"] == 2
+  with pytest.raises(SystemExit):  # a model flag still may not differ
+    module.main(["--data-dir", str(omniglot_dir), "--workdir", str(tmp_path), "--eval-only",
+                 "--num-query", "3", "--hidden", "16"])
   # ...and keeps the training figures of the same checkpoint's results.json (exported with --results).
   for field in ("episodes_per_hour", "train_seconds_this_invocation", "final_train"):
     assert again[field] == saved[field] is not None
