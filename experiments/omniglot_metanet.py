@@ -91,10 +91,21 @@ BASELINES = {
 # only shape the test episodes (--num-query Q scores a run on the test episodes of runs trained
 # with Q queries per class).
 EVAL_ONLY_FLAGS = ("num_query",)
+
+
+class _StoreGiven(argparse.Action):
+  """Store the value and note the flag in ``args.given_flags`` (so that
+  ``--eval-only`` tells a given default from an absent flag)."""
+
+  def __call__(self, parser, namespace, values, option_string=None):
+    setattr(namespace, self.dest, values)
+    namespace.given_flags = getattr(namespace, "given_flags", frozenset()) | {self.dest}
+
+
 # Flags that are not part of a run's configuration (config.json).
 NOT_CONFIG = ("resume", "no_progress", "no_plots", "max_minutes", "steps", "data_dir", "eval_episodes",
               "eval_every", "curve_episodes", "checkpoint_every", "log_every", "test_num_classes",
-              "eval_only")
+              "eval_only", "given_flags")
 
 
 def num_ways(text):
@@ -139,7 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
                  metavar="K[,K...]",
                  help="also evaluate K-way (repeatable or comma-separated; K != N uses a K-way "
                       "softmax layer of fast weights only, Table 4)")
-  p.add_argument("--num-query", type=positive_int, default=10,
+  p.add_argument("--num-query", type=positive_int, default=10, action=_StoreGiven,
                  help="queries per class, in the training and the test episodes alike (the "
                  "test episodes are drawn with it: compare runs' tests at the same value; "
                  "with --eval-only it may differ from the run's, to score it on such episodes)")
@@ -245,7 +256,7 @@ def run_config(parser: argparse.ArgumentParser, args) -> dict:
                    and config[k] != old[k] and k not in EVAL_ONLY_FLAGS)
   if changed:
     parser.error(f"--eval-only with flags that differ from {path}: {changed}")
-  given = {k: getattr(args, k) for k in EVAL_ONLY_FLAGS if getattr(args, k) != parser.get_default(k)}
+  given = {k: getattr(args, k) for k in EVAL_ONLY_FLAGS if k in getattr(args, "given_flags", ())}
   for k in compared:
     if k != "fast_weights":
       setattr(args, k, old.get(k, parser.get_default(k)))

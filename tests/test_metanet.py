@@ -657,6 +657,9 @@ def test_experiment_smoke(omniglot_dir, tmp_path, monkeypatch, capsys):
   assert other["num_query_per_class"] == 3 and other["config"]["num_query"] == 2
   assert saved["num_query_per_class"] == 2 and other["steps"] == 3
   assert json.loads((tmp_path / "config.json").read_text())["num_query"] == 2
+  given_default = module.main(["--data-dir", str(omniglot_dir), "--workdir", str(tmp_path), "--eval-only",
+                               "--eval-episodes", "4", "--no-progress", "--num-query", "10"])
+  assert given_default["num_query_per_class"] == 10  # the default, given, is not taken for absent
   with pytest.raises(SystemExit):  # a model flag still may not differ
     module.main(["--data-dir", str(omniglot_dir), "--workdir", str(tmp_path), "--eval-only",
                  "--num-query", "3", "--hidden", "16"])
