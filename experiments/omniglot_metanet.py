@@ -394,6 +394,8 @@ def make_results(args, config, state, history, acc, k_way, images, times, workdi
       "ablate": args.ablate, "second_order": args.second_order,
       "steps": steps, "episodes": steps * args.batch_size,
       "test_accuracy": mean, "test_ci95": half, "eval_episodes": 0 if acc is None else int(len(acc)),
+      # per test episode, in order (experiments/compare_results.py pairs two runs' on them)
+      "test_episode_accuracies": None if acc is None else [round(float(x), 6) for x in np.asarray(acc)],
       "test_rotated": False,
       "train_split": args.train_split, "train_characters": int(images[0].shape[0]),
       "test_split": args.test_split, "test_characters": int(images[1].shape[0]),

@@ -10,7 +10,9 @@ with, moved here unchanged so that the shipped weights
 * :func:`mann_evaluator` — MANN/LSTM on Omniglot (``experiments/omniglot_mann.py``):
   accuracy at the k-th presentation of a class over fixed test episodes;
 * :func:`few_shot_evaluator`, :func:`episode_metrics`, :func:`mean_ci95` —
-  N-way 1-shot accuracy of a MetaNet (``experiments/omniglot_metanet.py``).
+  N-way 1-shot accuracy of a MetaNet (``experiments/omniglot_metanet.py``);
+  :func:`paired_ci95` compares two models on the same episodes
+  (``experiments/compare_results.py``).
 
 Every protocol draws its test data from a fixed key (:func:`memjax.training.eval_key`,
 the seed :data:`EVAL_KEY`), so the same weights always meet the same test
@@ -220,3 +222,26 @@ def mean_ci95(acc: np.ndarray) -> tuple[float, float]:
   mean = float(np.mean(acc)) * 100
   half = float(1.96 * np.std(acc, ddof=1) / np.sqrt(len(acc))) * 100 if len(acc) > 1 else float("nan")
   return mean, half
+
+
+def paired_ci95(acc_a, acc_b) -> tuple[float, float]:
+  """Mean per-episode difference b − a and its 95% normal-approximation half-width, in %.
+
+  For two models scored on the same episodes (the same key and protocol), the
+  paired difference d_e = acc_b[e] − acc_a[e] removes the episodes' shared
+  difficulty from the comparison: its half-width 1.96 · s_d / √E is usually far
+  smaller than either model's own :func:`mean_ci95`.
+
+  Args:
+    acc_a, acc_b: [E] per-episode accuracies (fractions) of the two models on the
+      same E ≥ 2 episodes, in the same order.
+  """
+  a, b = (np.asarray(x, np.float64) for x in (acc_a, acc_b))
+  for name, x in (("acc_a", a), ("acc_b", b)):
+    if x.ndim != 1 or len(x) < 2 or not np.all(np.isfinite(x)):
+      raise ValueError(f"argument `{name}`: expected a 1-D array of at least 2 finite per-episode "
+                       f"accuracies, got shape {list(x.shape)}")
+  if a.shape != b.shape:
+    raise ValueError(f"arguments `acc_a`, `acc_b`: expected the same episodes, got {len(a)} and "
+                     f"{len(b)} accuracies")
+  return mean_ci95(b - a)

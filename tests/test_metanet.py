@@ -627,6 +627,8 @@ def test_experiment_smoke(omniglot_dir, tmp_path, monkeypatch, capsys):
   assert saved["steps"] == results["steps"] == 3
   assert saved["paper_accuracy"] == 98.4 and saved["paper_row"].startswith("MetaNet−")  # no_task
   assert saved["eval_episodes"] == 4 and saved["test_rotated"] is False
+  per_episode = saved["test_episode_accuracies"]  # what experiments/compare_results.py pairs
+  assert len(per_episode) == 4 and np.mean(per_episode) * 100 == pytest.approx(saved["test_accuracy"])
   assert (saved["train_characters"], saved["test_characters"]) == (136, 156)
   assert 0.0 <= saved["test_accuracy"] <= 100.0
   assert saved["episodes_per_hour"] > 0
@@ -964,3 +966,48 @@ def test_experiment_bad_flags_exit_2(flags, capsys):
     main(flags)
   assert e.value.code == 2
   assert "usage" in capsys.readouterr().err
+
+
+def compare_script():
+  spec = importlib.util.spec_from_file_location("compare_results", REPO / "experiments" / "compare_results.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def test_paired_ci95_against_numpy():
+  from memjax.evaluation import paired_ci95
+  rng = np.random.default_rng(0)
+  a = rng.uniform(0.8, 1.0, 50)
+  b = np.clip(a + rng.normal(0.01, 0.02, 50), 0, 1)
+  d = b - a  # independent of mean_ci95: the paired t-free normal interval by hand
+  mean, half = paired_ci95(a, b)
+  assert mean == pytest.approx(100 * d.sum() / 50)
+  assert half == pytest.approx(100 * 1.96 * np.sqrt(((d - d.mean()) ** 2).sum() / 49) / np.sqrt(50))
+  assert paired_ci95(a, a) == (0.0, 0.0)
+  for bad, name in (((a, b[:-1]), "acc_a`, `acc_b"), ((a[:1], b[:1]), "acc_a"),
+                    ((a, np.full(50, np.nan)), "acc_b")):
+    with pytest.raises(ValueError, match=name):
+      paired_ci95(*bad)
+
+
+def test_compare_results_pairs_the_same_episodes_and_refuses_others(tmp_path, capsys):
+  module = compare_script()
+  proto = {"num_classes": 20, "num_support": 1, "num_query_per_class": 5, "test_split": "test",
+           "eval_episodes": 4}
+  a = dict(proto, test_accuracy=87.5, test_episode_accuracies=[0.9, 0.8, 1.0, 0.8])
+  b = dict(proto, test_accuracy=92.5, test_episode_accuracies=[0.9, 0.9, 1.0, 0.9])
+  for name, r in (("a.json", a), ("b.json", b), ("q10.json", dict(b, num_query_per_class=10)),
+                  ("old.json", {k: v for k, v in b.items() if k != "test_episode_accuracies"})):
+    (tmp_path / name).write_text(json.dumps(r))
+  out = module.main([str(tmp_path / "a.json"), str(tmp_path / "b.json")])
+  d = np.array([0.0, 0.1, 0.0, 0.1])
+  assert out["difference"] == pytest.approx(5.0)
+  assert out["ci95"] == pytest.approx(100 * 1.96 * d.std(ddof=1) / 2)
+  assert "+5.00" in capsys.readouterr().out
+  for other, message in (("q10.json", "num_query_per_class 5 vs 10"), ("old.json", "--eval-only"),
+                         ("missing.json", "not a readable")):
+    with pytest.raises(SystemExit) as e:
+      module.main([str(tmp_path / "a.json"), str(tmp_path / other)])
+    assert e.value.code == 2 and message in capsys.readouterr().err
+
