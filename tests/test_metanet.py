@@ -599,9 +599,9 @@ def test_short_training_beats_chance():
 # The experiment.
 
 
-def experiment():
-  spec = importlib.util.spec_from_file_location("omniglot_metanet",
-                                                REPO / "experiments" / "omniglot_metanet.py")
+def experiment(name: str = "omniglot_metanet"):
+  """The script experiments/NAME.py as a module."""
+  spec = importlib.util.spec_from_file_location(name, REPO / "experiments" / f"{name}.py")
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   return module
@@ -672,10 +672,7 @@ def test_experiment_smoke(omniglot_dir, tmp_path, monkeypatch, capsys):
   summary = capsys.readouterr().out
   assert "3 updates (3 episodes)" in summary and "None" not in summary and "episodes/hour" not in summary
   # The attention diagnostic reads the same run directory back.
-  spec = importlib.util.spec_from_file_location("metanet_attention",
-                                                REPO / "experiments" / "metanet_attention.py")
-  attention = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(attention)
+  attention = experiment("metanet_attention")
   stats = attention.main(["--data-dir", str(omniglot_dir), "--workdir", str(tmp_path), "--episodes", "2"])
   assert stats["step"] == 3 and stats["uniform"] == 0.2
   assert 0.0 < stats["mean_own_class_attention"] < 1.0 and 0.0 <= stats["retrieval_accuracy"] <= 1.0
@@ -968,19 +965,12 @@ def test_experiment_bad_flags_exit_2(flags, capsys):
   assert "usage" in capsys.readouterr().err
 
 
-def compare_script():
-  spec = importlib.util.spec_from_file_location("compare_results", REPO / "experiments" / "compare_results.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
-
-
 def test_paired_ci95_against_numpy():
   from memjax.evaluation import paired_ci95
   rng = np.random.default_rng(0)
   a = rng.uniform(0.8, 1.0, 50)
   b = np.clip(a + rng.normal(0.01, 0.02, 50), 0, 1)
-  d = b - a  # independent of mean_ci95: the paired t-free normal interval by hand
+  d = b - a  # independent of mean_ci95: the normal-approximation interval by hand
   mean, half = paired_ci95(a, b)
   assert mean == pytest.approx(100 * d.sum() / 50)
   assert half == pytest.approx(100 * 1.96 * np.sqrt(((d - d.mean()) ** 2).sum() / 49) / np.sqrt(50))
@@ -992,7 +982,7 @@ def test_paired_ci95_against_numpy():
 
 
 def test_compare_results_pairs_the_same_episodes_and_refuses_others(tmp_path, capsys):
-  module = compare_script()
+  module = experiment("compare_results")
   proto = {"num_classes": 20, "num_support": 1, "num_query_per_class": 5, "test_split": "test",
            "eval_episodes": 4}
   a = dict(proto, test_accuracy=87.5, test_episode_accuracies=[0.9, 0.8, 1.0, 0.8])
