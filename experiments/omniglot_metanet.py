@@ -93,15 +93,6 @@ BASELINES = {
 EVAL_ONLY_FLAGS = ("num_query",)
 
 
-class _StoreGiven(argparse.Action):
-  """Store the value and note the flag in ``args.given_flags`` (so that
-  ``--eval-only`` tells a given default from an absent flag)."""
-
-  def __call__(self, parser, namespace, values, option_string=None):
-    setattr(namespace, self.dest, values)
-    namespace.given_flags = getattr(namespace, "given_flags", frozenset()) | {self.dest}
-
-
 # Flags that are not part of a run's configuration (config.json).
 NOT_CONFIG = ("resume", "no_progress", "no_plots", "max_minutes", "steps", "data_dir", "eval_episodes",
               "eval_every", "curve_episodes", "checkpoint_every", "log_every", "test_num_classes",
@@ -136,7 +127,7 @@ def paper_row(args) -> tuple[str, dict]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-  p = cli.parser(__doc__)
+  p = cli.parser(__doc__, record_given=True)  # args.given_flags: what --eval-only may not change
   p.add_argument("--data-dir", default=None,
                  help="folder with the Omniglot zips (None: $MEMJAX_DATA_DIR, else the user cache, "
                       "downloading if needed)")
@@ -150,7 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
                  metavar="K[,K...]",
                  help="also evaluate K-way (repeatable or comma-separated; K != N uses a K-way "
                       "softmax layer of fast weights only, Table 4)")
-  p.add_argument("--num-query", type=positive_int, default=10, action=_StoreGiven,
+  p.add_argument("--num-query", type=positive_int, default=10,
                  help="queries per class, in the training and the test episodes alike (the "
                  "test episodes are drawn with it: compare runs' tests at the same value; "
                  "with --eval-only it may differ from the run's, to score it on such episodes)")
@@ -252,11 +243,17 @@ def run_config(parser: argparse.ArgumentParser, args) -> dict:
   if args.resume:
     return config
   compared = [k for k in config if k != "workdir"]
-  changed = sorted(k for k in compared if k in old and config[k] != parser.get_default(k)
-                   and config[k] != old[k] and k not in EVAL_ONLY_FLAGS)
+  given_flags = getattr(args, "given_flags", None)
+  if given_flags is None:  # a namespace from another parser: a flag away from its default was given
+    given_flags = {k for k in compared if config[k] != parser.get_default(k)}
+  changed = sorted(k for k in compared if k in old and k in given_flags and config[k] != old[k]
+                   and k not in EVAL_ONLY_FLAGS)
   if changed:
-    parser.error(f"--eval-only with flags that differ from {path}: {changed}")
-  given = {k: getattr(args, k) for k in EVAL_ONLY_FLAGS if k in getattr(args, "given_flags", ())}
+    hint = ("; K-way tests of this run: --test-num-classes K" if "num_classes" in changed else "")
+    parser.error(f"--eval-only with flags that differ from {path}: "
+                 + ", ".join(f"--{k.replace('_', '-')} {config[k]} (the run's: {old[k]})" for k in changed)
+                 + hint)
+  given = {k: getattr(args, k) for k in EVAL_ONLY_FLAGS if k in given_flags}
   for k in compared:
     if k != "fast_weights":
       setattr(args, k, old.get(k, parser.get_default(k)))

@@ -24,7 +24,7 @@ from memjax._checks import (int_list, jitter_schedule, lr_schedule, non_negative
 __all__ = ["HelpFormatter", "JITTER_KEYS", "add_jitter_flags", "add_lr_drop_flags", "check_jitter_resume",
            "check_lr_flags", "enable_compilation_cache", "int_list", "jitter_at", "jitter_loss_schedule",
            "jitter_phases", "jitter_schedule", "load_omniglot", "lr_schedule", "non_negative_float",
-           "non_negative_int", "parser", "positive_float", "positive_int", "rotation_degrees", "run",
+           "non_negative_int", "parser", "positive_float", "RecordingParser", "positive_int", "rotation_degrees", "run",
            "unit_float", "write_json"]
 
 
@@ -44,11 +44,37 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     return super()._format_action(action)
 
 
-def parser(doc: str, **kwargs) -> argparse.ArgumentParser:
+class RecordingParser(argparse.ArgumentParser):
+  """An ``ArgumentParser`` whose namespaces name the flags the command line gave.
+
+  ``args.given_flags`` is the frozenset of the destinations given, at any value:
+  a flag given at its default value (``--num-classes 5``) is told apart from one
+  left out, which comparing a value with the default cannot do. (A second parse
+  with every default suppressed finds them; the first parse's errors come first.)
+  """
+
+  def parse_known_args(self, args=None, namespace=None):
+    namespace, extras = super().parse_known_args(args, namespace)
+    saved = [(action, action.default) for action in self._actions], dict(self._defaults)
+    try:
+      for action, _ in saved[0]:
+        action.default = argparse.SUPPRESS
+      self._defaults.clear()
+      probe, _ = super().parse_known_args(args, None)
+    finally:
+      for action, default in saved[0]:
+        action.default = default
+      self._defaults.update(saved[1])
+    namespace.given_flags = frozenset(vars(probe))
+    return namespace, extras
+
+
+def parser(doc: str, *, record_given: bool = False, **kwargs) -> argparse.ArgumentParser:
   """An experiment's parser: the first paragraph of ``doc`` as description,
-  :class:`HelpFormatter` (every default shown)."""
-  return argparse.ArgumentParser(description=doc.split("\n\n")[0], formatter_class=HelpFormatter,
-                                 **kwargs)
+  :class:`HelpFormatter` (every default shown); with ``record_given`` a
+  :class:`RecordingParser` (``args.given_flags``: the flags given on the command line)."""
+  cls = RecordingParser if record_given else argparse.ArgumentParser
+  return cls(description=doc.split("\n\n")[0], formatter_class=HelpFormatter, **kwargs)
 
 
 def add_lr_drop_flags(p: argparse.ArgumentParser) -> None:

@@ -1,4 +1,4 @@
-"""memjax.cli: the persistent compilation cache switch, the training jitter schedule."""
+"""memjax.cli: the persistent compilation cache switch, the training jitter schedule, the given-flags parser."""
 
 from __future__ import annotations
 
@@ -76,3 +76,27 @@ def test_check_jitter_resume_takes_changes_from_the_checkpoint_on_only(capsys):
     cli.check_jitter_resume(dict(old, jitter_schedule=None), old, 800)
   # a run saved before the keys existed had no jitter
   cli.check_jitter_resume({"max_shift": 0, "max_rotation": 0.0, "jitter_schedule": None}, {}, 100)
+
+
+def test_recording_parser_names_the_flags_given_even_at_their_defaults(capsys):
+  p = cli.parser("Doc.", record_given=True)
+  p.add_argument("--ways", type=int, default=5, help="N")
+  p.add_argument("--lr", type=float, default=1e-3)
+  p.add_argument("--ks", type=int, action="append", default=[])
+  p.add_argument("--quiet", action="store_true")
+  p.set_defaults(mode="train")
+  args = p.parse_args(["--ways", "5", "--ks", "3", "--ks", "10"])
+  assert args.given_flags == {"ways", "ks"}  # --ways at its default counts; --lr, --quiet do not
+  assert (args.ways, args.lr, args.ks, args.quiet, args.mode) == (5, 1e-3, [3, 10], False, "train")
+  # The defaults are intact after the parse (the second parse suppresses them for a while).
+  again = p.parse_args([])
+  assert again.given_flags == frozenset() and (again.ways, again.lr, again.ks, again.mode) == (5, 1e-3, [], "train")
+  assert p.parse_args(["--quiet"]).given_flags == {"quiet"}
+  assert p.get_default("ways") == 5 and "(default: 5)" in p.format_help()
+  with pytest.raises(SystemExit):  # a bad value is still argparse's usage error, first
+    p.parse_args(["--ways", "five"])
+  assert "--ways: invalid int value" in capsys.readouterr().err
+  # Parsers made without it (every other experiment) add nothing to the namespace.
+  plain = cli.parser("Doc.")
+  plain.add_argument("--ways", type=int, default=5)
+  assert not hasattr(plain.parse_args([]), "given_flags") and type(plain) is argparse.ArgumentParser

@@ -665,6 +665,16 @@ def test_experiment_smoke(omniglot_dir, tmp_path, monkeypatch, capsys):
   with pytest.raises(SystemExit):  # a model flag still may not differ
     module.main(["--data-dir", str(omniglot_dir), "--workdir", str(tmp_path), "--eval-only",
                  "--num-query", "3", "--hidden", "16"])
+  # ...not even at its default value (the run has --filters 4): refused, where it once evaluated
+  # the 4-filter run as if the flag were absent; the run's own value is accepted.
+  capsys.readouterr()
+  with pytest.raises(SystemExit):
+    module.main(["--data-dir", str(omniglot_dir), "--workdir", str(tmp_path), "--eval-only",
+                 "--filters", "64", "--num-classes", "5"])
+  assert "--filters 64 (the run's: 4)" in capsys.readouterr().err
+  same = module.main(["--data-dir", str(omniglot_dir), "--workdir", str(tmp_path), "--eval-only",
+                      "--eval-episodes", "4", "--no-progress", "--filters", "4", "--hidden", "8"])
+  assert same["test_accuracy"] == saved["test_accuracy"]
   # ...and keeps the training figures of the same checkpoint's results.json (exported with --results).
   for field in ("episodes_per_hour", "train_seconds_this_invocation", "final_train"):
     assert again[field] == saved[field] is not None
