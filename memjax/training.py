@@ -72,15 +72,31 @@ def paper_rmsprop(learning_rate: float = 1e-4, *, decay: float = 0.95, momentum:
   return optax.chain(optax.clip(clip), opt) if clip else opt
 
 
+CLIP_MODES = ("component", "global_norm")
+
+
 def make_optimizer(name: str = "rmsprop", learning_rate: float | None = None, *,
-                   clip: float | None = 10.0) -> optax.GradientTransformation:
+                   clip: float | None = 10.0, clip_mode: str = "component") -> optax.GradientTransformation:
   """An optimiser by name: ``'rmsprop'`` (the paper's, lr 1e-4 by default) or
-  ``'adam'`` (lr 1e-3 by default); gradients clipped component-wise to ±clip."""
+  ``'adam'`` (lr 1e-3 by default), gradients clipped first.
+
+  ``clip_mode='component'`` clips every gradient component to ±clip;
+  ``'global_norm'`` (Adam only) scales the whole gradient down to L2 norm
+  ``clip`` where it is longer (``optax.clip_by_global_norm``, as Chainer's
+  ``GradientClipping`` hook).
+  """
+  if clip_mode not in CLIP_MODES:
+    raise ValueError(f"argument `clip_mode`: expected one of {CLIP_MODES}, got {clip_mode!r}")
   if name == "rmsprop":
+    if clip_mode != "component":
+      raise ValueError("argument `clip_mode`: the paper's RMSProp clips components; use 'component'")
     return paper_rmsprop(1e-4 if learning_rate is None else learning_rate, clip=clip)
   if name == "adam":
     opt = optax.adam(1e-3 if learning_rate is None else learning_rate)
-    return optax.chain(optax.clip(clip), opt) if clip else opt
+    if not clip:
+      return opt
+    clipper = optax.clip(clip) if clip_mode == "component" else optax.clip_by_global_norm(clip)
+    return optax.chain(clipper, opt)
   raise ValueError(f"argument `name`: expected 'rmsprop' or 'adam', got {name!r}")
 
 

@@ -690,6 +690,33 @@ def test_experiment_smoke(omniglot_dir, tmp_path, monkeypatch, capsys):
   assert attention.simplex_attention(20) == pytest.approx(0.131, abs=1e-3)
 
 
+def test_experiment_summed_norm_clipping_takes_the_authors_steps():
+  """--clip-mode summed_norm: Adam on the mean loss's gradient, clipped at norm
+  clip / (B·N·Q), takes the steps of the authors' Chainer recipe, Adam on the
+  summed loss's gradient (B·N·Q times the mean's) clipped at norm clip."""
+  import optax
+  module = experiment()
+  args = module.build_parser().parse_args(["--clip-mode", "summed_norm", "--num-classes", "5",
+                                           "--num-query", "2", "--batch-size", "2", "--lr", "0.01"])
+  terms = 2 * 5 * 2
+  ours, authors = module.make_optimizer(args), optax.chain(optax.clip_by_global_norm(10.0), optax.adam(0.01))
+  params = {"w": jnp.zeros(3), "b": jnp.zeros(())}
+  s_ours, s_auth = ours.init(params), authors.init(params)
+  for scale in (3.0, 0.01, 1.0):  # summed norms 60·scale: clipped, not clipped, clipped
+    g = {"w": jnp.array([1.0, -2.0, 2.0]) * scale, "b": jnp.array(0.0)}  # the mean loss's gradient
+    u_ours, s_ours = ours.update(g, s_ours, params)
+    u_auth, s_auth = authors.update(jax.tree.map(lambda x: terms * x, g), s_auth, params)
+    np.testing.assert_allclose(u_ours["w"], u_auth["w"], rtol=1e-4)
+  # Without the division by B·N·Q (clipping the mean's gradient at 10) the steps differ.
+  wrong = optax.chain(optax.clip_by_global_norm(10.0), optax.adam(0.01))
+  s_wrong, s_auth = wrong.init(params), authors.init(params)
+  for scale in (3.0, 0.01):
+    g = {"w": jnp.array([1.0, -2.0, 2.0]) * scale, "b": jnp.array(0.0)}
+    u_wrong, s_wrong = wrong.update(g, s_wrong, params)
+    u_auth, s_auth = authors.update(jax.tree.map(lambda x: terms * x, g), s_auth, params)
+  assert not np.allclose(u_wrong["w"], u_auth["w"], rtol=1e-2)
+
+
 def test_experiment_standard_split_flags():
   """Table 3: train on images_background (964 characters), test on 400 episodes of
   images_evaluation; the run compares with the paper's Table 3 row."""

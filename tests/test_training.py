@@ -37,6 +37,28 @@ def test_paper_rmsprop_clips_components():
     training.make_optimizer("sgd")
 
 
+def test_adam_global_norm_clipping_scales_the_whole_gradient():
+  """clip_mode='global_norm' (Chainer's GradientClipping): a gradient longer than
+  the threshold is scaled to it as a whole, a shorter one passes; against a hand
+  computation of the first Adam step, which sees the clipped gradient."""
+  params = {"a": jnp.zeros(2), "b": jnp.zeros(())}
+  grads = {"a": jnp.array([3.0, 4.0]), "b": jnp.array(12.0)}  # global norm 13
+  clipper = training.make_optimizer("adam", 1.0, clip=6.5, clip_mode="global_norm")
+  seen = clipper.update(grads, clipper.init(params), params)[1]  # Adam's first moment ← (1−β1) g
+  np.testing.assert_allclose(seen[1][0].mu["a"] / 0.1, [1.5, 2.0], rtol=1e-6)  # halved, direction kept
+  np.testing.assert_allclose(seen[1][0].mu["b"] / 0.1, 6.0, rtol=1e-6)
+  short = {"a": jnp.array([0.3, 0.4]), "b": jnp.array(1.2)}
+  np.testing.assert_allclose(clipper.update(short, clipper.init(params), params)[1][1][0].mu["b"] / 0.1, 1.2,
+                             rtol=1e-6)
+  component = training.make_optimizer("adam", 1.0, clip=6.5)  # per component: only b is cut, to 6.5
+  np.testing.assert_allclose(component.update(grads, component.init(params), params)[1][1][0].mu["b"] / 0.1,
+                             6.5, rtol=1e-6)
+  with pytest.raises(ValueError, match="clip_mode"):
+    training.make_optimizer("adam", clip_mode="norm")
+  with pytest.raises(ValueError, match="clip_mode"):
+    training.make_optimizer("rmsprop", clip_mode="global_norm")
+
+
 def test_fit_learns_and_writes_metrics(tmp_path):
   opt = training.make_optimizer("adam", 0.05)
   state, history = training.fit(regression_loss, PARAMS, opt, num_steps=200, workdir=str(tmp_path),
