@@ -253,9 +253,7 @@ def run_config(parser: argparse.ArgumentParser, args) -> dict:
   if args.resume:
     return config
   compared = [k for k in config if k != "workdir"]
-  given_flags = getattr(args, "given_flags", None)
-  if given_flags is None:  # a namespace from another parser: a flag away from its default was given
-    given_flags = {k for k in compared if config[k] != parser.get_default(k)}
+  given_flags = args.given_flags  # build_parser's RecordingParser: every flag on the command line
   changed = sorted(k for k in compared if k in old and k in given_flags and config[k] != old[k]
                    and k not in EVAL_ONLY_FLAGS)
   if changed:
@@ -304,7 +302,7 @@ def make_optimizer(args) -> optax.GradientTransformation:
   authors' updates see every episode's gradient at the same length.)
   """
   lr = training.step_decay(args.lr, args.lr_drop_steps, args.lr_drop_factor, args.lr_schedule)
-  if getattr(args, "clip_mode", "component") == "summed_norm":
+  if args.clip_mode == "summed_norm":
     terms = args.batch_size * args.num_classes * args.num_query
     return training.make_optimizer("adam", lr, clip=args.clip / terms, clip_mode="global_norm")
   return training.make_optimizer("adam", lr, clip=args.clip)
