@@ -6,11 +6,9 @@ accuracy in tests/test_tasks.py.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import sys
-from pathlib import Path
 
 import flax.linen as nn
 import jax
@@ -21,13 +19,13 @@ import pytest
 
 from memjax.data import episodes as episodes_lib
 from memjax.mann import LSTMCell, MANNCell, MANNState, mann_loss, trajectory, unroll
+from memjax.pretrained import export
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import numpy_reference as ref  # noqa: E402
 
 SMALL = dict(features=2, memory_size=16, word_size=8, num_read_heads=2, controller_features=32)
 IN = 8 * 8 + 2  # input features: an 8×8 image and a 2-way one-hot label
-REPO = Path(__file__).resolve().parents[1]
 
 
 def _np_softmax(z):
@@ -209,13 +207,6 @@ def test_short_training_beats_chance(small_params):
   assert last < 0.75 * np.log(2), (first, last)  # ≈ 0.55 ln 2 after 400 steps
 
 
-def _load_experiment():
-  spec = importlib.util.spec_from_file_location("omniglot_mann", REPO / "experiments" / "omniglot_mann.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
-
-
 def argv_of(omniglot_dir, workdir):
   return ["--data-dir", str(omniglot_dir), "--train-split", "small1", "--test-split", "small1",
           "--batch-size", "2", "--eval-every", "2", "--eval-episodes", "4",
@@ -225,7 +216,7 @@ def argv_of(omniglot_dir, workdir):
 
 
 def test_experiment_smoke(omniglot_dir, tmp_path):
-  exp = _load_experiment()
+  exp = export.load_experiment("omniglot_mann")
   workdir = tmp_path / "run"
   results = exp.main(argv_of(omniglot_dir, workdir))
   saved = json.loads((workdir / "results.json").read_text())
@@ -252,7 +243,7 @@ def test_experiment_jitter_schedule_changes_the_training_jitter_on_resume(omnigl
                                                                           monkeypatch, capsys):
   """Each jitter phase traces its own sampler; a resume may add a phase from the checkpoint on
   (here: no jitter after step 4), but not change the jitter of updates already made."""
-  exp = _load_experiment()
+  exp = export.load_experiment("omniglot_mann")
   calls = []
   sampler = exp.episodes_lib.sample_mann_episodes
 
@@ -286,7 +277,7 @@ def test_experiment_jitter_schedule_changes_the_training_jitter_on_resume(omnigl
                                   ["--label-mode", "binary"], ["--train-split", "nope"],
                                   ["--usage-decay", "2"]])
 def test_experiment_bad_flags_exit_2(argv, capsys):
-  exp = _load_experiment()
+  exp = export.load_experiment("omniglot_mann")
   with pytest.raises(SystemExit) as info:
     exp.main(argv)
   assert info.value.code == 2

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import functools
-import importlib.util
 import json
-from pathlib import Path
 
 import chex
 import jax
@@ -17,8 +15,8 @@ import pytest
 from memjax import training
 from memjax.metanet import MetaNet, layers, memory, meta_learners
 from memjax.metanet.layers import MixedWeights
+from memjax.pretrained import export
 
-REPO = Path(__file__).resolve().parents[1]
 TINY = dict(num_classes=3, image_shape=(8, 8, 1), filters=4, num_blocks=2, hidden=8)
 MICRO = dict(num_classes=3, image_shape=(4, 4, 1), filters=2, num_blocks=1, hidden=4)
 
@@ -601,10 +599,7 @@ def test_short_training_beats_chance():
 
 def experiment(name: str = "omniglot_metanet"):
   """The script experiments/NAME.py as a module."""
-  spec = importlib.util.spec_from_file_location(name, REPO / "experiments" / f"{name}.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+  return export.load_experiment(name)
 
 
 def test_experiment_smoke(omniglot_dir, tmp_path, monkeypatch, capsys):
