@@ -683,6 +683,35 @@ def test_experiment_smoke(omniglot_dir, tmp_path, monkeypatch, capsys):
   assert 0.0 < stats["mean_own_class_attention"] < 1.0 and 0.0 <= stats["retrieval_accuracy"] <= 1.0
   assert attention.simplex_attention(5) == pytest.approx(0.466, abs=1e-3)
   assert attention.simplex_attention(20) == pytest.approx(0.131, abs=1e-3)
+  # The conv-branch ablation refuses this run: its conv layers have no fast weights.
+  with pytest.raises(SystemExit) as info:
+    experiment("metanet_conv_branch").main(["--data-dir", str(omniglot_dir), "--workdir", str(tmp_path)])
+  assert info.value.code == 2
+  assert "--fast-layers fc" in capsys.readouterr().err
+
+
+def test_conv_branch_ablation(omniglot_dir, tmp_path, capsys):
+  """experiments/metanet_conv_branch.py on a 1-step run with conv fast weights: the
+  model as trained differs from itself in no episode, and m_conv's output layer
+  is replaced as asked."""
+  experiment().main(["--data-dir", str(omniglot_dir), "--filters", "4", "--num-blocks", "1", "--hidden", "8",
+                     "--fast-layers", "all", "--ablate", "no_task", "--num-query", "2", "--workdir",
+                     str(tmp_path), "--no-progress", "--eval-episodes", "2", "--train-split", "small1",
+                     "--test-split", "small2", "--steps", "1", "--eval-every", "0"])
+  branch = experiment("metanet_conv_branch")
+  res = branch.main(["--data-dir", str(omniglot_dir), "--workdir", str(tmp_path), "--episodes", "2"])
+  assert res["step"] == 1 and res["episodes_differing"]["as trained"] == 0
+  assert set(res["accuracy"]) == {"as trained", "conv fast weights 0", "m_conv bias 0.02"}
+  low, high = res["conv_output_range"]
+  assert low < high and np.isfinite([low, high]).all()
+  params = {"params": {"meta_example": {"conv": {"w0": jnp.ones((2, 3)), "b0": jnp.ones(3),
+                                                 "w1": jnp.ones((3, 1)), "b1": jnp.ones(1)}}}}
+  assert branch.conv_output_range(branch.with_conv_output(params, 0.0, 0.0)) == (0.0, 0.0)
+  assert branch.conv_output_range(branch.with_conv_output(params, -1.0, 0.0)) == (-1.0, -1.0)
+  capsys.readouterr()
+  with pytest.raises(SystemExit) as info:  # not a run directory: a usage error, no traceback
+    branch.main(["--data-dir", str(omniglot_dir), "--workdir", str(tmp_path / "nope")])
+  assert info.value.code == 2 and "no config.json" in capsys.readouterr().err
 
 
 def test_experiment_summed_norm_clipping_takes_the_authors_steps():
