@@ -27,9 +27,7 @@ ln 20) and from short training, not from the softmax.
 from __future__ import annotations
 
 import argparse
-import json
 import math
-import os
 
 import jax
 import jax.numpy as jnp
@@ -39,10 +37,8 @@ from memjax import cli, evaluation, training
 from memjax.cli import positive_int
 from memjax.data import sample_few_shot
 from memjax.metanet import MetaNet, build_model
-from memjax.metanet.omniglot import FAST_WEIGHTS, IMAGE_SIZE, NUM_SUPPORT
+from memjax.metanet.omniglot import IMAGE_SIZE, NUM_SUPPORT, read_run_config
 
-# config.json keys this script reads (every omniglot_metanet.py run records them).
-RUN_KEYS = ("num_classes", "ablate", "test_split", "num_query", "lr", "clip")
 
 
 def simplex_attention(n: int) -> float:
@@ -58,16 +54,9 @@ def main(argv=None) -> dict:
   p.add_argument("--episodes", type=positive_int, default=100, help="test episodes")
   args = p.parse_args(argv)
   try:
-    with open(os.path.join(args.workdir, "config.json")) as f:
-      config = json.load(f)
-  except FileNotFoundError:
-    p.error(f"no config.json in {args.workdir}: not an omniglot_metanet.py run directory")
-  if config.get("fast_weights") != FAST_WEIGHTS:
-    p.error(f"{args.workdir} is a run of the earlier MetaNet (fast weights rescaled per layer); "
-            f"this code cannot load it")
-  missing = [k for k in RUN_KEYS if k not in config]
-  if missing:
-    p.error(f"{args.workdir}/config.json lacks {missing}: not an omniglot_metanet.py run directory")
+    config = read_run_config(args.workdir)
+  except ValueError as e:
+    p.error(str(e))
   model = build_model(config)
   if not model.use_example_fast_weights:
     p.error(f"the run in {args.workdir} has no example-level fast weights (--ablate {config['ablate']})")

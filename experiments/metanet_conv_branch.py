@@ -21,8 +21,6 @@ for the checkpoint in ``--workdir`` (written by ``omniglot_metanet.py``, whose
 from __future__ import annotations
 
 import argparse
-import json
-import os
 
 import jax
 import jax.numpy as jnp
@@ -32,9 +30,7 @@ from memjax import cli, evaluation, training
 from memjax.cli import positive_int
 from memjax.data import sample_few_shot
 from memjax.metanet import MetaNet, build_model, meta_learners
-from memjax.metanet.omniglot import FAST_WEIGHTS, IMAGE_SIZE, NUM_SUPPORT
-
-RUN_KEYS = ("num_classes", "ablate", "test_split", "num_query", "lr", "clip")
+from memjax.metanet.omniglot import IMAGE_SIZE, NUM_SUPPORT, read_run_config
 
 
 def with_conv_output(params, bias: float | None, weight_scale: float):
@@ -66,16 +62,9 @@ def main(argv=None) -> dict:
   p.add_argument("--bias", type=float, default=0.02, help="m_conv output bias of the third evaluation")
   args = p.parse_args(argv)
   try:
-    with open(os.path.join(args.workdir, "config.json")) as f:
-      config = json.load(f)
-  except FileNotFoundError:
-    p.error(f"no config.json in {args.workdir}: not an omniglot_metanet.py run directory")
-  if config.get("fast_weights") != FAST_WEIGHTS:
-    p.error(f"{args.workdir} is a run of the earlier MetaNet (fast weights rescaled per layer); "
-            f"this code cannot load it")
-  missing = [k for k in RUN_KEYS if k not in config]
-  if missing:
-    p.error(f"{args.workdir}/config.json lacks {missing}: not an omniglot_metanet.py run directory")
+    config = read_run_config(args.workdir)
+  except ValueError as e:
+    p.error(str(e))
   model = build_model(config)
   params = model.init(jax.random.key(0), method=MetaNet.init_params)
   if "conv" not in params["params"].get("meta_example", {}):

@@ -690,6 +690,21 @@ def test_experiment_smoke(omniglot_dir, tmp_path, monkeypatch, capsys):
   assert "--fast-layers fc" in capsys.readouterr().err
 
 
+def test_read_run_config_names_what_is_wrong(tmp_path):
+  from memjax.metanet.omniglot import FAST_WEIGHTS, RUN_KEYS, read_run_config
+  with pytest.raises(ValueError, match="no config.json in"):
+    read_run_config(str(tmp_path))
+  (tmp_path / "config.json").write_text(json.dumps({k: 1 for k in RUN_KEYS}))
+  with pytest.raises(ValueError, match="earlier MetaNet"):
+    read_run_config(str(tmp_path))
+  (tmp_path / "config.json").write_text(json.dumps({"fast_weights": FAST_WEIGHTS, "num_classes": 5}))
+  with pytest.raises(ValueError, match="lacks .*'ablate'"):
+    read_run_config(str(tmp_path))
+  config = {"fast_weights": FAST_WEIGHTS, **{k: 1 for k in RUN_KEYS}}
+  (tmp_path / "config.json").write_text(json.dumps(config))
+  assert read_run_config(str(tmp_path)) == config
+
+
 def test_conv_branch_ablation(omniglot_dir, tmp_path, capsys):
   """experiments/metanet_conv_branch.py on a 1-step run with conv fast weights: the
   model as trained differs from itself in no episode, and m_conv's output layer

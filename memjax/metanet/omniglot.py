@@ -3,7 +3,7 @@ model of a run's configuration and the training loss.
 
 These are the library pieces of ``experiments/omniglot_metanet.py``, shared by
 the scripts that read its run directories (``experiments/metanet_attention.py``,
-``memjax.pretrained.export``).
+``experiments/metanet_conv_branch.py``, ``memjax.pretrained.export``).
 
 Example::
 
@@ -15,6 +15,8 @@ Example::
 
 from __future__ import annotations
 
+import json
+import os
 from typing import Any, Callable, Mapping
 
 import jax
@@ -32,6 +34,8 @@ ABLATIONS = {  # ablate -> (use_task_fast_weights, use_example_fast_weights)
 # config.json marker of a run whose fast weights are the meta learners' raw
 # outputs; runs of the earlier per-layer-rescaled fast weights lack it.
 FAST_WEIGHTS = "raw"
+# config.json keys that every omniglot_metanet.py run records and the diagnostics read.
+RUN_KEYS = ("num_classes", "ablate", "test_split", "num_query", "lr", "clip")
 # Configuration keys passed to MetaNet unchanged (absent: the module's default).
 _MODEL_KEYS = ("filters", "num_blocks", "hidden", "fast_layers", "embedding_loss", "second_order")
 
@@ -40,6 +44,28 @@ def _get(config, key: str, default: Any = None) -> Any:
   if isinstance(config, Mapping):
     return config.get(key, default)
   return getattr(config, key, default)
+
+
+def read_run_config(workdir: str) -> dict:
+  """The ``config.json`` of an ``omniglot_metanet.py`` run directory.
+
+  Raises:
+    ValueError: no config.json there, a run of the earlier per-layer-rescaled
+      fast weights (which this code cannot load), or one lacking ``RUN_KEYS``;
+      the message names ``workdir``.
+  """
+  try:
+    with open(os.path.join(workdir, "config.json")) as f:
+      config = json.load(f)
+  except FileNotFoundError:
+    raise ValueError(f"no config.json in {workdir}: not an omniglot_metanet.py run directory") from None
+  if config.get("fast_weights") != FAST_WEIGHTS:
+    raise ValueError(f"{workdir} is a run of the earlier MetaNet (fast weights rescaled per layer); "
+                     f"this code cannot load it")
+  missing = [k for k in RUN_KEYS if k not in config]
+  if missing:
+    raise ValueError(f"{workdir}/config.json lacks {missing}: not an omniglot_metanet.py run directory")
+  return config
 
 
 def build_model(config, num_classes: int | None = None) -> MetaNet:
