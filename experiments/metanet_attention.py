@@ -26,19 +26,15 @@ ln 20) and from short training, not from the softmax.
 
 from __future__ import annotations
 
-import argparse
 import math
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from memjax import cli, evaluation, training
-from memjax.cli import positive_int
+from memjax import cli, evaluation
 from memjax.data import sample_few_shot
-from memjax.metanet import MetaNet, build_model
-from memjax.metanet.omniglot import IMAGE_SIZE, NUM_SUPPORT, read_run_config
-
+from memjax.metanet.omniglot import IMAGE_SIZE, NUM_SUPPORT, load_run
 
 
 def simplex_attention(n: int) -> float:
@@ -47,17 +43,13 @@ def simplex_attention(n: int) -> float:
 
 
 def main(argv=None) -> dict:
-  p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                              formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-  p.add_argument("--data-dir", default=None, help="Omniglot archives (default: memjax's resolution)")
-  p.add_argument("--workdir", required=True, help="an omniglot_metanet.py run directory")
-  p.add_argument("--episodes", type=positive_int, default=100, help="test episodes")
+  p = cli.parser(__doc__)
+  cli.add_run_dir_flags(p, "omniglot_metanet.py")
   args = p.parse_args(argv)
   try:
-    config = read_run_config(args.workdir)
-  except ValueError as e:
+    config, model, state = load_run(args.workdir)
+  except (ValueError, FileNotFoundError) as e:
     p.error(str(e))
-  model = build_model(config)
   if not model.use_example_fast_weights:
     p.error(f"the run in {args.workdir} has no example-level fast weights (--ablate {config['ablate']})")
   n = config["num_classes"]
@@ -65,12 +57,6 @@ def main(argv=None) -> dict:
                                          image_size=IMAGE_SIZE)[0])
   # Test episodes are not rotated (as omniglot_metanet.py's evaluation).
   kw = dict(num_classes=n, num_support=NUM_SUPPORT, num_query=config["num_query"], rotate=False)
-  params = model.init(jax.random.key(0), method=MetaNet.init_params)
-  opt = training.make_optimizer("adam", config["lr"], clip=config["clip"])
-  try:
-    state = training.load_checkpoint(args.workdir, training.init_state(params, opt))
-  except FileNotFoundError as e:
-    p.error(str(e))
 
   @jax.jit
   def stats(params, key):

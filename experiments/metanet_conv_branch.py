@@ -20,17 +20,14 @@ for the checkpoint in ``--workdir`` (written by ``omniglot_metanet.py``, whose
 
 from __future__ import annotations
 
-import argparse
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from memjax import cli, evaluation, training
-from memjax.cli import positive_int
 from memjax.data import sample_few_shot
-from memjax.metanet import MetaNet, build_model, meta_learners
-from memjax.metanet.omniglot import IMAGE_SIZE, NUM_SUPPORT, read_run_config
+from memjax.metanet import meta_learners
+from memjax.metanet.omniglot import IMAGE_SIZE, NUM_SUPPORT, load_run
 
 
 def with_conv_output(params, bias: float | None, weight_scale: float):
@@ -54,29 +51,19 @@ def conv_output_range(params) -> tuple[float, float]:
 
 
 def main(argv=None) -> dict:
-  p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                              formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-  p.add_argument("--data-dir", default=None, help="Omniglot archives (default: memjax's resolution)")
-  p.add_argument("--workdir", required=True, help="an omniglot_metanet.py run directory")
-  p.add_argument("--episodes", type=positive_int, default=100, help="test episodes")
+  p = cli.parser(__doc__)
+  cli.add_run_dir_flags(p, "omniglot_metanet.py")
   p.add_argument("--bias", type=float, default=0.02, help="m_conv output bias of the third evaluation")
   args = p.parse_args(argv)
   try:
-    config = read_run_config(args.workdir)
-  except ValueError as e:
+    config, model, state = load_run(args.workdir)
+  except (ValueError, FileNotFoundError) as e:
     p.error(str(e))
-  model = build_model(config)
-  params = model.init(jax.random.key(0), method=MetaNet.init_params)
-  if "conv" not in params["params"].get("meta_example", {}):
+  if "conv" not in state.params["params"].get("meta_example", {}):
     p.error(f"the run in {args.workdir} has no conv fast weights "
             f"(--ablate {config['ablate']}, --fast-layers {config.get('fast_layers')})")
   images = jnp.asarray(cli.load_omniglot(p, args.data_dir, config["test_split"],
                                          image_size=IMAGE_SIZE)[0])
-  opt = training.make_optimizer("adam", config["lr"], clip=config["clip"])
-  try:
-    state = training.load_checkpoint(args.workdir, training.init_state(params, opt))
-  except FileNotFoundError as e:
-    p.error(str(e))
   evaluate = evaluation.few_shot_evaluator(model, images, num_classes=config["num_classes"],
                                            num_query=config["num_query"], num_support=NUM_SUPPORT,
                                            rotate=False, sampler=sample_few_shot)

@@ -22,7 +22,7 @@ from memjax._checks import (int_list, jitter_schedule, lr_schedule, non_negative
                             unit_float)
 
 __all__ = ["HelpFormatter", "JITTER_KEYS", "RecordingParser", "add_jitter_flags", "add_lr_drop_flags",
-           "check_jitter_resume", "check_lr_flags", "enable_compilation_cache", "int_list", "jitter_at",
+           "add_run_dir_flags", "check_jitter_resume", "check_lr_flags", "enable_compilation_cache", "int_list", "jitter_at",
            "jitter_loss_schedule", "jitter_phases", "jitter_schedule", "load_omniglot", "lr_schedule",
            "non_negative_float", "non_negative_int", "parser", "positive_float", "positive_int",
            "rotation_degrees", "run", "unit_float", "write_json"]
@@ -75,6 +75,14 @@ def parser(doc: str, *, record_given: bool = False, **kwargs) -> argparse.Argume
   :class:`RecordingParser` (``args.given_flags``: the flags given on the command line)."""
   cls = RecordingParser if record_given else argparse.ArgumentParser
   return cls(description=doc.split("\n\n")[0], formatter_class=HelpFormatter, **kwargs)
+
+
+def add_run_dir_flags(p: argparse.ArgumentParser, script: str) -> None:
+  """``--data-dir``, ``--workdir`` (a run directory of ``script``) and ``--episodes``:
+  the flags of a diagnostic that evaluates a run's checkpoint on test episodes."""
+  p.add_argument("--data-dir", default=None, help="Omniglot archives (default: memjax's resolution)")
+  p.add_argument("--workdir", required=True, help=f"an {script} run directory")
+  p.add_argument("--episodes", type=positive_int, default=100, help="test episodes")
 
 
 def add_lr_drop_flags(p: argparse.ArgumentParser) -> None:

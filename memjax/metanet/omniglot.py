@@ -21,6 +21,7 @@ from typing import Any, Callable, Mapping
 
 import jax
 
+from memjax import training
 from memjax.metanet.module import MetaNet
 
 IMAGE_SIZE = 28  # the paper's 28×28 Omniglot images
@@ -66,6 +67,20 @@ def read_run_config(workdir: str) -> dict:
   if missing:
     raise ValueError(f"{workdir}/config.json lacks {missing}: not an omniglot_metanet.py run directory")
   return config
+
+
+def load_run(workdir: str) -> tuple[dict, MetaNet, training.TrainState]:
+  """An ``omniglot_metanet.py`` run: its config (:func:`read_run_config`), model and last checkpoint.
+
+  Raises:
+    ValueError: see :func:`read_run_config`.
+    FileNotFoundError: the run has no checkpoint.
+  """
+  config = read_run_config(workdir)
+  model = build_model(config)
+  params = model.init(jax.random.key(0), method=MetaNet.init_params)
+  optimizer = training.make_optimizer("adam", config["lr"], clip=config["clip"])
+  return config, model, training.load_checkpoint(workdir, training.init_state(params, optimizer))
 
 
 def build_model(config, num_classes: int | None = None) -> MetaNet:
