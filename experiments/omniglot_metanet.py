@@ -70,8 +70,10 @@ from memjax.data import sample_few_shot
 from memjax.data.omniglot import SPLITS
 from memjax.evaluation import mean_ci95
 from memjax.metanet import EMBEDDING_LOSSES, FAST_LAYERS, MetaNet, episode_loss
+from memjax.metanet.meta_learners import meta_out_lr_scale
 from memjax.metanet.omniglot import (ABLATIONS, FAST_WEIGHTS, IMAGE_SIZE, NUM_SUPPORT, build_model,
                                       warm_start_from_run)
+from memjax.metanet.omniglot import make_optimizer as run_optimizer
 
 # N-way 1-shot Omniglot accuracy (%), Munkhdalai & Yu 2017.
 PAPER = {
@@ -169,6 +171,10 @@ def build_parser() -> argparse.ArgumentParser:
                  help="with --init-from: multiply the read-out layer of every meta learner not "
                       "in the checkpoint by this (0.1: the new fast weights start small, so the "
                       "model starts near the source run's accuracy)")
+  p.add_argument("--init-skip", metavar="PATH", action="append", default=None,
+                 help="with --init-from: keep these variables as initialised although the checkpoint has "
+                      "them (a path prefix below params, e.g. meta_example/conv: a new conv meta learner "
+                      "m_conv, with --conv-meta-lr-scale); repeatable")
   p.add_argument("--lr", type=positive_float, default=1e-3,
                  help="Adam learning rate; a new value with --resume applies from the checkpoint on "
                       "(recorded in config.json's lr_history)")
@@ -180,6 +186,12 @@ def build_parser() -> argparse.ArgumentParser:
                       "'summed_norm': the authors' (Chainer GradientClipping(10) on the gradient of the "
                       "query losses summed over the update's episodes and queries): that gradient is "
                       "scaled down to L2 norm --clip where longer")
+  p.add_argument("--conv-meta-lr-scale", type=positive_float, default=1.0,
+                 help="multiply the Adam steps of the conv meta learners' read-out layer (m's, and d's in "
+                      f"the full model) by this; {meta_out_lr_scale():.4g} gives that layer (init std 1e-3) "
+                      "the step relative to its scale of the authors' (std 1/sqrt(20)); 1 (plain Adam, the "
+                      "shipped models): the conv fast weights turn negative in the first updates and stay "
+                      "inert (ReLU of a negative kernel on non-negative inputs)")
   p.add_argument("--second-order", action="store_true",
                  help="differentiate through the meta information (gradients)")
   p.add_argument("--ablate", choices=sorted(ABLATIONS), default="none",
@@ -224,8 +236,11 @@ def parse_args(parser: argparse.ArgumentParser, argv=None) -> argparse.Namespace
     if os.path.abspath(args.init_from) == os.path.abspath(args.workdir):
       parser.error("--init-from: give another run's directory than --workdir (--resume continues "
                    "the run in --workdir)")
-  elif args.init_fresh_scale != 1.0:
-    parser.error("--init-fresh-scale needs --init-from")
+  elif args.init_fresh_scale != 1.0 or args.init_skip:
+    parser.error(f"{'--init-skip' if args.init_skip else '--init-fresh-scale'} needs --init-from")
+  if args.conv_meta_lr_scale != 1.0 and (args.fast_layers == "fc" or args.ablate == "slow_only"):
+    parser.error(f"--conv-meta-lr-scale: the model has no conv meta learner (--fast-layers "
+                 f"{args.fast_layers}, --ablate {args.ablate})")
   return args
 
 
@@ -288,24 +303,8 @@ def open_run(parser: argparse.ArgumentParser, args, config: dict) -> training.Ru
 
 
 def make_optimizer(args) -> optax.GradientTransformation:
-  """Adam at ``--lr`` (times ``--lr-drop-factor`` from step ``--lr-drop-steps`` on, or
-  following ``--lr-schedule``) after clipping (``--clip``, ``--clip-mode``).
-
-  The loss is the mean over the update's B·N·Q query terms (B episodes, N
-  classes, Q queries each). ``summed_norm`` clips as the authors' code: their
-  loss is the sum of those terms and Chainer's ``GradientClipping(clip)``
-  scales its gradient down to L2 norm ``clip``; the sum's gradient is B·N·Q
-  times the mean's, and Adam's update does not change when every gradient is
-  multiplied by one constant (up to its ε), so clipping the mean's gradient at
-  norm clip / (B·N·Q) takes the same steps. (Measured on the shipped 20-way
-  model: the summed gradient's norm is ~51, above 10 in every episode, so the
-  authors' updates see every episode's gradient at the same length.)
-  """
-  lr = training.step_decay(args.lr, args.lr_drop_steps, args.lr_drop_factor, args.lr_schedule)
-  if args.clip_mode == "summed_norm":
-    terms = args.batch_size * args.num_classes * args.num_query
-    return training.make_optimizer("adam", lr, clip=args.clip / terms, clip_mode="global_norm")
-  return training.make_optimizer("adam", lr, clip=args.clip)
+  """The run's optimiser: :func:`memjax.metanet.omniglot.make_optimizer` of the flags."""
+  return run_optimizer(args)
 
 
 def starts_from_init(parser: argparse.ArgumentParser, args) -> bool:
@@ -324,9 +323,10 @@ def warm_start(parser: argparse.ArgumentParser, args, params):
   """``--init-from``: the variables of its last checkpoint where the model has them."""
   try:
     params, taken, fresh = warm_start_from_run(params, args.init_from,
-                                               fresh_meta_out_scale=args.init_fresh_scale)
+                                               fresh_meta_out_scale=args.init_fresh_scale,
+                                               skip=args.init_skip or ())
   except (FileNotFoundError, ValueError) as e:
-    parser.error(f"--init-from {args.init_from}: {e}")
+    parser.error(f"--init-from {args.init_from}{' --init-skip ' + ' '.join(args.init_skip) if args.init_skip else ''}: {e}")
   top = lambda names: sorted({n.split("/")[1] for n in names})  # noqa: E731
   print(f"--init-from {args.init_from}: {len(taken)} arrays ({', '.join(top(taken))}) from its "
         f"last checkpoint; {len(fresh)} as initialised ({', '.join(top(fresh)) or 'none'})"

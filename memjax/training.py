@@ -363,7 +363,7 @@ def load_checkpoint_params(workdir: str):
   return params
 
 
-def warm_start(params, source) -> tuple[Any, list[str], list[str]]:
+def warm_start(params, source, skip: Sequence[str] = ()) -> tuple[Any, list[str], list[str]]:
   """``params`` with every leaf that ``source`` has at the same path.
 
   For starting a model from another's trained variables (e.g. the full MetaNet
@@ -372,21 +372,29 @@ def warm_start(params, source) -> tuple[Any, list[str], list[str]]:
   Args:
     params: the new model's initial parameters (a pytree of dicts).
     source: trained parameters (:func:`load_checkpoint_params`).
+    skip: ``/``-joined path prefixes (e.g. ``"params/meta_example/conv"``)
+      whose leaves keep their initialisation even where ``source`` has them.
 
   Returns:
     (params, taken, fresh): the merged pytree, and the ``/``-joined paths of
     the leaves taken from ``source`` and of those left as initialised.
 
   Raises:
-    ValueError: a shared leaf whose shape or dtype differs (named), or no
-      leaf in common.
+    ValueError: a shared leaf whose shape or dtype differs (named), no leaf in
+      common, or a ``skip`` prefix that names no leaf of ``params``.
   """
   taken, fresh = [], []
+  skip = [p.strip("/") for p in skip]
+  skipped = lambda name, prefix: name == prefix or name.startswith(prefix + "/")  # noqa: E731
+  names = ["/".join(map(str, map(_key, path))) for path, _ in jax.tree_util.tree_leaves_with_path(params)]
+  unknown = [p for p in skip if not any(skipped(n, p) for n in names)]
+  if unknown:
+    raise ValueError(f"argument `skip`: {unknown} name no variable of the model")
 
   def pick(path, leaf):
     keys = tuple(map(_key, path))
     name = "/".join(map(str, keys))
-    value = _lookup(source, keys)
+    value = None if any(skipped(name, p) for p in skip) else _lookup(source, keys)
     if value is None:
       fresh.append(name)
       return leaf

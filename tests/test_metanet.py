@@ -712,7 +712,8 @@ def test_conv_branch_ablation(omniglot_dir, tmp_path, capsys):
   experiment().main(["--data-dir", str(omniglot_dir), "--filters", "4", "--num-blocks", "1", "--hidden", "8",
                      "--fast-layers", "all", "--ablate", "no_task", "--num-query", "2", "--workdir",
                      str(tmp_path), "--no-progress", "--eval-episodes", "2", "--train-split", "small1",
-                     "--test-split", "small2", "--steps", "1", "--eval-every", "0"])
+                     "--test-split", "small2", "--steps", "1", "--eval-every", "0",
+                     "--conv-meta-lr-scale", "0.0045"])  # load_run builds the run's own optimiser
   branch = experiment("metanet_conv_branch")
   res = branch.main(["--data-dir", str(omniglot_dir), "--workdir", str(tmp_path), "--episodes", "2"])
   assert res["step"] == 1 and res["episodes_differing"]["as trained"] == 0
@@ -727,6 +728,42 @@ def test_conv_branch_ablation(omniglot_dir, tmp_path, capsys):
   with pytest.raises(SystemExit) as info:  # not a run directory: a usage error, no traceback
     branch.main(["--data-dir", str(omniglot_dir), "--workdir", str(tmp_path / "nope")])
   assert info.value.code == 2 and "no config.json" in capsys.readouterr().err
+
+
+def test_meta_out_mask_marks_the_conv_read_outs_only():
+  """meta_out_mask: True on m_conv's last layer and d_conv's w_out/b_out, nowhere else."""
+  model = MetaNet(num_classes=3, image_shape=(8, 8, 1), filters=4, num_blocks=1, hidden=8)
+  params = model.init(jax.random.key(0), method=MetaNet.init_params)
+  marked = sorted(jax.tree_util.keystr(k) for k, v in
+                  jax.tree_util.tree_leaves_with_path(meta_learners.meta_out_mask(params)) if v)
+  assert marked == ["['params']['meta_example']['conv']['b2']", "['params']['meta_example']['conv']['w2']",
+                    "['params']['meta_task']['conv']['b_out']", "['params']['meta_task']['conv']['w_out']"]
+  fc = [k for k, v in jax.tree_util.tree_leaves_with_path(meta_learners.meta_out_mask(params, "fc")) if v]
+  assert len(fc) == 4
+  assert meta_learners.meta_out_lr_scale(20) == pytest.approx(1e-3 * np.sqrt(20))
+
+
+@pytest.mark.parametrize("clip_mode", ["component", "summed_norm"])
+def test_experiment_conv_meta_lr_scale_scales_those_steps_only(clip_mode):
+  """--conv-meta-lr-scale s: the conv read-outs' Adam steps are s times plain Adam's,
+  every other step is plain Adam's; the flag is refused where no conv meta learner exists."""
+  module = experiment()
+  model = MetaNet(num_classes=3, image_shape=(8, 8, 1), filters=4, num_blocks=1, hidden=8,
+                  use_task_fast_weights=False)
+  params = model.init(jax.random.key(0), method=MetaNet.init_params)
+  grads = jax.tree.map(lambda x: jnp.full_like(x, 0.5), params)
+  flags = ["--clip-mode", clip_mode]
+  plain = module.make_optimizer(module.parse_args(module.build_parser(), flags))
+  scaled = module.make_optimizer(module.parse_args(module.build_parser(), flags + ["--conv-meta-lr-scale", "0.01"]))
+  u_plain, _ = plain.update(grads, plain.init(params), params)
+  u_scaled, _ = scaled.update(grads, scaled.init(params), params)
+  mask = meta_learners.meta_out_mask(params)
+  for m, a, b in zip(jax.tree.leaves(mask), jax.tree.leaves(u_plain), jax.tree.leaves(u_scaled)):
+    assert np.abs(a).max() > 0
+    np.testing.assert_allclose(b, 0.01 * a if m else a, rtol=1e-6)
+  for bad in (["--fast-layers", "fc"], ["--ablate", "slow_only"]):
+    with pytest.raises(SystemExit):
+      module.parse_args(module.build_parser(), bad + ["--conv-meta-lr-scale", "0.01"])
 
 
 def test_experiment_summed_norm_clipping_takes_the_authors_steps():
@@ -976,6 +1013,14 @@ def test_experiment_init_from_starts_the_full_model_from_a_metanet_minus_run(omn
     for k, v in net.items():
       want = init["params"]["meta_task"][group][k] * (0.1 if k in ("w_out", "b_out") else 1.0)
       np.testing.assert_allclose(v, want, rtol=1e-6)
+  # skip: a trained net kept as initialised (--init-skip); a prefix naming nothing is refused.
+  skipped, taken_s, fresh_s = warm_start_from_run(init, str(src), skip=["meta_example/fc"])
+  assert {n.split("/")[1] for n in fresh_s} == {"meta_task", "meta_example"}
+  assert not any(n.startswith("params/meta_example/fc") for n in taken_s)
+  chex.assert_trees_all_equal(skipped["params"]["meta_example"], init["params"]["meta_example"])
+  chex.assert_trees_all_equal(skipped["params"]["base"], source.params["params"]["base"])
+  with pytest.raises(ValueError, match="meta_example/conv"):  # an FC-only model has no m_conv
+    warm_start_from_run(init, str(src), skip=["meta_example/conv"])
   # With Q* near zero (read-out × 1e-6) the full model classifies as its MetaNet− source does.
   rng = np.random.default_rng(0)
   sx = jnp.asarray(rng.random((5, 28, 28, 1)), jnp.float32)
@@ -995,6 +1040,7 @@ def test_experiment_init_from_starts_the_full_model_from_a_metanet_minus_run(omn
 
 @pytest.mark.parametrize("flags, message", [
     (["--init-fresh-scale", "0.1"], "--init-fresh-scale needs --init-from"),
+    (["--init-skip", "meta_example/conv"], "--init-skip needs --init-from"),
     (["--init-from", "/no/such/run"], "--init-from: no checkpoint in '/no/such/run'"),
     (["--init-from", "runs/x", "--workdir", "runs/x"], "another run's directory"),
     (["--init-from", "runs/x", "--eval-only"], "--init-from with --eval-only")])

@@ -36,6 +36,17 @@ GRADIENT_PREPROCESS_K = 7.0
 # 0.62; the remaining ×12 comes from the FC fast weights): from ~1e-3 down the
 # conv fast weights no longer blow the activations up.
 _CONV_META_OUT_STD = 1e-3
+# With plain Adam, whose first steps move every parameter by ~lr whatever its
+# gradient's size, a read-out of that std changes its outputs by ~100% per
+# update at lr 1e-3: in the shipped MetaNet− models, m_conv's outputs went
+# negative for every gradient in the first updates (its biases moved by
+# 0.0060 each, ~6 steps of 1e-3, then never again), so every conv
+# fast kernel was negative on non-negative inputs, ReLU(fast) = 0 and the conv
+# fast weights were inert for the rest of training. Scaling that layer's Adam
+# steps by std / (1/√meta_hidden) — 1e-3·√20 ≈ 0.0045 — gives it the step
+# relative to its initial scale that the authors' read-out (Chainer's default
+# init, std 1/√20) has at the same lr: :func:`meta_out_lr_scale`, the
+# ``--conv-meta-lr-scale`` of ``experiments/omniglot_metanet.py``.
 
 
 # ----------------------------------------------------------------------------
@@ -402,6 +413,38 @@ def _layer_groups(names: Sequence[str], fast_layers: str) -> dict[str, list[str]
 def _meta_out_std(group: str) -> float | None:
   """Output-layer init std of a meta learner's net for ``group`` (None: LeCun)."""
   return _CONV_META_OUT_STD if group == "conv" else None
+
+
+def meta_out_lr_scale(meta_hidden: int = 20) -> float:
+  """_CONV_META_OUT_STD / (1/√meta_hidden): the step scale of the conv meta nets'
+  read-out that matches the authors' relative step (see the constant's note)."""
+  return _CONV_META_OUT_STD * float(np.sqrt(meta_hidden))
+
+
+def meta_out_mask(params, group: str = "conv"):
+  """True on the read-out layer of every meta learner's ``group`` net, else False.
+
+  The read-out is an MLP's last ``w{i}``/``b{i}`` (m) or an LSTM's
+  ``w_out``/``b_out`` (d), in ``params["params"]["meta_example" | "meta_task"][group]``;
+  for ``optax.masked`` (e.g. ``optax.masked(optax.scale(meta_out_lr_scale()), meta_out_mask)``).
+
+  Args:
+    params: a MetaNet's variables (``{"params": {...}}``).
+    group: ``'conv'`` or ``'fc'``.
+
+  Returns:
+    a pytree of bools with the structure of ``params``.
+  """
+  def read_out(path, _) -> bool:
+    keys = [getattr(k, "key", None) for k in path]
+    if len(keys) != 4 or keys[1] not in ("meta_example", "meta_task") or keys[2] != group:
+      return False
+    net = params[keys[0]][keys[1]][group]
+    if "w_out" in net:
+      return keys[3] in ("w_out", "b_out")
+    last = max(int(k[1:]) for k in net if k[0] == "w" and k[1:].isdigit())
+    return keys[3] in (f"w{last}", f"b{last}")
+  return jax.tree_util.tree_map_with_path(read_out, params)
 
 
 def generate_fast_weights(nets: dict, grads: Params, groups: dict[str, list[str]],
