@@ -186,6 +186,9 @@ def build_parser() -> argparse.ArgumentParser:
                       "'summed_norm': the authors' (Chainer GradientClipping(10) on the gradient of the "
                       "query losses summed over the update's episodes and queries): that gradient is "
                       "scaled down to L2 norm --clip where longer")
+  p.add_argument("--conv-meta-out-std", type=positive_float, default=1e-3,
+                 help="std at initialisation of the conv meta learners' read-out layer (the authors': "
+                      "1/sqrt(20) ≈ 0.22, which blows the activations up here)")
   p.add_argument("--conv-meta-lr-scale", type=positive_float, default=1.0,
                  help="multiply the Adam steps of the conv meta learners' read-out layer (m's, and d's in "
                       f"the full model) by this; {meta_out_lr_scale():.4g} gives that layer (init std 1e-3) "
@@ -238,9 +241,11 @@ def parse_args(parser: argparse.ArgumentParser, argv=None) -> argparse.Namespace
                    "the run in --workdir)")
   elif args.init_fresh_scale != 1.0 or args.init_skip:
     parser.error(f"{'--init-skip' if args.init_skip else '--init-fresh-scale'} needs --init-from")
-  if args.conv_meta_lr_scale != 1.0 and (args.fast_layers == "fc" or args.ablate == "slow_only"):
-    parser.error(f"--conv-meta-lr-scale: the model has no conv meta learner (--fast-layers "
-                 f"{args.fast_layers}, --ablate {args.ablate})")
+  for flag, value, default in (("--conv-meta-lr-scale", args.conv_meta_lr_scale, 1.0),
+                               ("--conv-meta-out-std", args.conv_meta_out_std, 1e-3)):
+    if value != default and (args.fast_layers == "fc" or args.ablate == "slow_only"):
+      parser.error(f"{flag}: the model has no conv meta learner (--fast-layers {args.fast_layers}, "
+                   f"--ablate {args.ablate})")
   return args
 
 

@@ -741,6 +741,23 @@ def test_meta_out_mask_marks_the_conv_read_outs_only():
   fc = [k for k, v in jax.tree_util.tree_leaves_with_path(meta_learners.meta_out_mask(params, "fc")) if v]
   assert len(fc) == 4
   assert meta_learners.meta_out_lr_scale(20) == pytest.approx(1e-3 * np.sqrt(20))
+  assert meta_learners.meta_out_lr_scale(20, 0.01) == pytest.approx(0.01 * np.sqrt(20))
+
+
+def test_conv_meta_out_std_sets_the_conv_read_outs_init_only():
+  """conv_meta_out_std: the conv meta nets' read-out starts at that std (same draws, scaled);
+  every other variable is the default model's; a non-positive value is refused."""
+  kw = dict(num_classes=3, image_shape=(8, 8, 1), filters=4, num_blocks=1, hidden=8)
+  default = MetaNet(**kw).init(jax.random.key(0), method=MetaNet.init_params)
+  wide = MetaNet(**kw, conv_meta_out_std=0.1).init(jax.random.key(0), method=MetaNet.init_params)
+  mask = meta_learners.meta_out_mask(default)
+  for m, a, b, path in zip(jax.tree.leaves(mask), jax.tree.leaves(default), jax.tree.leaves(wide),
+                           [jax.tree_util.keystr(k) for k, _ in jax.tree_util.tree_leaves_with_path(default)]):
+    np.testing.assert_allclose(b, 100 * a if m else a, rtol=1e-5, err_msg=path)
+  assert float(jnp.std(wide["params"]["meta_example"]["conv"]["w2"])) > 0.03
+  for bad in (0.0, -1e-3, True):
+    with pytest.raises(ValueError, match="conv_meta_out_std"):
+      MetaNet(**kw, conv_meta_out_std=bad).init(jax.random.key(0), method=MetaNet.init_params)
 
 
 @pytest.mark.parametrize("clip_mode", ["component", "summed_norm"])
@@ -762,8 +779,9 @@ def test_experiment_conv_meta_lr_scale_scales_those_steps_only(clip_mode):
     assert np.abs(a).max() > 0
     np.testing.assert_allclose(b, 0.01 * a if m else a, rtol=1e-6)
   for bad in (["--fast-layers", "fc"], ["--ablate", "slow_only"]):
-    with pytest.raises(SystemExit):
-      module.parse_args(module.build_parser(), bad + ["--conv-meta-lr-scale", "0.01"])
+    for flag in (["--conv-meta-lr-scale", "0.01"], ["--conv-meta-out-std", "0.01"]):
+      with pytest.raises(SystemExit):
+        module.parse_args(module.build_parser(), bad + flag)
 
 
 def test_experiment_summed_norm_clipping_takes_the_authors_steps():

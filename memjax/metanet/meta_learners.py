@@ -410,15 +410,16 @@ def _layer_groups(names: Sequence[str], fast_layers: str) -> dict[str, list[str]
   return {g: sorted(v) for g, v in groups.items() if v}
 
 
-def _meta_out_std(group: str) -> float | None:
+def _meta_out_std(group: str, conv_std: float = _CONV_META_OUT_STD) -> float | None:
   """Output-layer init std of a meta learner's net for ``group`` (None: LeCun)."""
-  return _CONV_META_OUT_STD if group == "conv" else None
+  return conv_std if group == "conv" else None
 
 
-def meta_out_lr_scale(meta_hidden: int = 20) -> float:
-  """_CONV_META_OUT_STD / (1/√meta_hidden): the step scale of the conv meta nets'
-  read-out that matches the authors' relative step (see the constant's note)."""
-  return _CONV_META_OUT_STD * float(np.sqrt(meta_hidden))
+def meta_out_lr_scale(meta_hidden: int = 20, out_std: float = _CONV_META_OUT_STD) -> float:
+  """out_std / (1/√meta_hidden): the step scale of a conv meta net's read-out
+  (init std ``out_std``) that matches the authors' relative step (see the
+  note on ``_CONV_META_OUT_STD``)."""
+  return out_std * float(np.sqrt(meta_hidden))
 
 
 def meta_out_mask(params, group: str = "conv"):

@@ -13,7 +13,7 @@ import numpy as np
 from memjax.metanet.layers import (MixedWeights, Params, _embedding_hidden, _hidden, _sum_parts,
                                    embed, init_conv_net, net_logit_parts, net_shapes)
 from memjax.metanet.memory import attention_weights
-from memjax.metanet.meta_learners import (_chunk_means, _contrastive_grads, _layer_groups,
+from memjax.metanet.meta_learners import (_CONV_META_OUT_STD, _chunk_means, _contrastive_grads, _layer_groups,
                                           _meta_out_std, _support_grads, generate_fast_weights,
                                           init_lstm, init_mlp, lstm_apply_tiled, mlp_apply_tiled)
 
@@ -28,15 +28,15 @@ def _init_net_jit(key, shape_items):
   return init_conv_net(key, dict(shape_items))
 
 
-@functools.partial(jax.jit, static_argnums=(1, 2))
-def _init_mlps_jit(key, groups, sizes):
-  return {g: init_mlp(k, sizes, _meta_out_std(g))
+@functools.partial(jax.jit, static_argnums=(1, 2, 3))
+def _init_mlps_jit(key, groups, sizes, conv_std):
+  return {g: init_mlp(k, sizes, _meta_out_std(g, conv_std))
           for g, k in zip(groups, jax.random.split(key, len(groups)))}
 
 
-@functools.partial(jax.jit, static_argnums=(1, 2))
-def _init_lstms_jit(key, groups, hidden):
-  return {g: init_lstm(k, hidden, out_std=_meta_out_std(g))
+@functools.partial(jax.jit, static_argnums=(1, 2, 3))
+def _init_lstms_jit(key, groups, hidden, conv_std):
+  return {g: init_lstm(k, hidden, out_std=_meta_out_std(g, conv_std))
           for g, k in zip(groups, jax.random.split(key, len(groups)))}
 
 
@@ -72,6 +72,10 @@ class MetaNet(nn.Module):
       the embedding net's head is replaced likewise, so that variables trained
       on N-way episodes classify K-way ones with ``num_classes=K`` (§4.2.1,
       Table 4); see the package docs.
+    conv_meta_out_std: std at initialisation of the read-out layer of the
+      conv meta nets (m_conv, d_conv); 1e-3 by default (the FC nets' start as
+      Chainer's default, 1/√meta_hidden, as the authors'; see
+      :data:`memjax.metanet.meta_learners._CONV_META_OUT_STD`).
   """
   num_classes: int
   image_shape: tuple[int, int, int] = (28, 28, 1)
@@ -87,6 +91,7 @@ class MetaNet(nn.Module):
   use_example_fast_weights: bool = True
   second_order: bool = False
   fast_only_output: bool = False
+  conv_meta_out_std: float = _CONV_META_OUT_STD
 
   def setup(self):
     for name in ("num_classes", "filters", "num_blocks", "hidden", "meta_hidden", "num_chunks"):
@@ -94,6 +99,9 @@ class MetaNet(nn.Module):
       if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < (
           0 if name == "num_blocks" else 1):
         raise ValueError(f"argument `{name}`: expected a positive int, got {value!r}")
+    std = self.conv_meta_out_std
+    if isinstance(std, bool) or not isinstance(std, (int, float, np.floating)) or not std > 0:
+      raise ValueError(f"argument `conv_meta_out_std`: expected a positive float, got {std!r}")
     shape = tuple(self.image_shape)
     if len(shape) != 3 or any(isinstance(s, bool) or not isinstance(s, (int, np.integer)) or s < 1
                               for s in shape):
@@ -120,12 +128,13 @@ class MetaNet(nn.Module):
       self.embedding = self._net_param("embedding", emb_shapes)
       sizes = (2, self.meta_hidden, self.meta_hidden, 1)
       self.meta_example = self.param(
-          "meta_example", lambda k: _init_mlps_jit(k, tuple(self._groups_base), sizes))
+          "meta_example", lambda k: _init_mlps_jit(k, tuple(self._groups_base), sizes, float(std)))
       if self.use_task_fast_weights:
         # The FC-N head serves only the representation loss: no fast weights.
         self._groups_emb = _layer_groups([n for n in emb_shapes if n != "fc2"], self.fast_layers)
         self.meta_task = self.param(
-            "meta_task", lambda k: _init_lstms_jit(k, tuple(self._groups_emb), self.meta_hidden))
+            "meta_task", lambda k: _init_lstms_jit(k, tuple(self._groups_emb), self.meta_hidden,
+                                               float(std)))
 
   def _net_param(self, name: str, shapes: dict[str, tuple[int, ...]]) -> Params:
     try:

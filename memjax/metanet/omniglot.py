@@ -40,7 +40,8 @@ FAST_WEIGHTS = "raw"
 # config.json keys that every omniglot_metanet.py run records and the diagnostics read.
 RUN_KEYS = ("num_classes", "ablate", "test_split", "num_query", "lr", "clip")
 # Configuration keys passed to MetaNet unchanged (absent: the module's default).
-_MODEL_KEYS = ("filters", "num_blocks", "hidden", "fast_layers", "embedding_loss", "second_order")
+_MODEL_KEYS = ("filters", "num_blocks", "hidden", "fast_layers", "embedding_loss", "second_order",
+               "conv_meta_out_std")
 
 
 def _get(config, key: str, default: Any = None) -> Any:
@@ -134,7 +135,7 @@ def build_model(config, num_classes: int | None = None) -> MetaNet:
     config: a mapping or namespace (a run's ``config.json`` or parsed flags)
       with ``num_classes`` (N) and optionally ``ablate`` (a key of
       :data:`ABLATIONS`), ``fast_only_output`` and the MetaNet attributes
-      ``filters``, ``num_blocks``, ``hidden``, ``fast_layers``,
+      ``filters``, ``num_blocks``, ``hidden``, ``fast_layers``, ``conv_meta_out_std``,
       ``embedding_loss``, ``second_order``; absent ones take MetaNet's defaults.
     num_classes: K, classes of the test episodes (default N).
 
