@@ -78,7 +78,14 @@ ReLU and 2×2 max-pooling, then FC 64 and FC N, no biases — with fast weights 
   layer, so with Chainer's init the five blocks' activations explode at the
   start of training (logits ×300 at initialisation, measured). At
   initialisation the fast part of the logits then spreads over the classes
-  about as much as the slow part (tested), instead of ~1000× less.
+  about as much as the slow part (tested), instead of ~1000× less. With plain
+  Adam at lr 1e-3 that small read-out moves by its own std per update: in the
+  shipped models m_conv's outputs turned negative for every gradient within
+  the first updates, and the conv fast weights are inert (ReLU of negative
+  kernels on non-negative inputs). ``conv_meta_out_std`` sets that std, and
+  ``meta_learners.meta_out_mask`` / ``meta_out_lr_scale`` scale that layer's
+  steps (``--conv-meta-out-std`` / ``--conv-meta-lr-scale`` of
+  ``experiments/omniglot_metanet.py``; README, "Known limitation").
 * N-way training, K-way testing (§4.2.1, Table 4; ``fast_only_output``). With
   ``fast_only_output=True`` the base learner's softmax layer is parameterised
   by fast weights only: logits = h W*_{fc2}, and any slow ``fc2`` weights in the
