@@ -331,7 +331,8 @@ def warm_start(parser: argparse.ArgumentParser, args, params):
                                                fresh_meta_out_scale=args.init_fresh_scale,
                                                skip=args.init_skip or ())
   except (FileNotFoundError, ValueError) as e:
-    parser.error(f"--init-from {args.init_from}{' --init-skip ' + ' '.join(args.init_skip) if args.init_skip else ''}: {e}")
+    skip = f" --init-skip {' '.join(args.init_skip)}" if args.init_skip else ""
+    parser.error(f"--init-from {args.init_from}{skip}: {e}")
   top = lambda names: sorted({n.split("/")[1] for n in names})  # noqa: E731
   print(f"--init-from {args.init_from}: {len(taken)} arrays ({', '.join(top(taken))}) from its "
         f"last checkpoint; {len(fresh)} as initialised ({', '.join(top(fresh)) or 'none'})"
