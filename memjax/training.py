@@ -278,6 +278,11 @@ def _key(k) -> Any:
   return getattr(k, "key", getattr(k, "name", getattr(k, "idx", None)))
 
 
+def path_name(path) -> str:
+  """A pytree path as the ``/``-joined keys :func:`warm_start` reports (``params/base/conv1``)."""
+  return "/".join(str(_key(k)) for k in path)
+
+
 def _lookup(tree, keys: tuple):
   """``tree[k1][k2]...`` for the path ``keys``, or None where it has no such entry."""
   for k in keys:
@@ -383,18 +388,15 @@ def warm_start(params, source, skip: Sequence[str] = ()) -> tuple[Any, list[str]
     ValueError: a shared leaf whose shape or dtype differs (named), no leaf in
       common, or a ``skip`` prefix that names no leaf of ``params``.
   """
-  taken, fresh = [], []
+  taken, fresh, used = [], [], set()
   skip = [p.strip("/") for p in skip]
-  skipped = lambda name, prefix: name == prefix or name.startswith(prefix + "/")  # noqa: E731
-  names = ["/".join(map(str, map(_key, path))) for path, _ in jax.tree_util.tree_leaves_with_path(params)]
-  unknown = [p for p in skip if not any(skipped(n, p) for n in names)]
-  if unknown:
-    raise ValueError(f"argument `skip`: {unknown} name no variable of the model")
 
   def pick(path, leaf):
     keys = tuple(map(_key, path))
-    name = "/".join(map(str, keys))
-    value = None if any(skipped(name, p) for p in skip) else _lookup(source, keys)
+    name = path_name(path)
+    hits = {p for p in skip if name == p or name.startswith(p + "/")}
+    used.update(hits)
+    value = None if hits else _lookup(source, keys)
     if value is None:
       fresh.append(name)
       return leaf
@@ -405,6 +407,9 @@ def warm_start(params, source, skip: Sequence[str] = ()) -> tuple[Any, list[str]
     return jnp.asarray(value)
 
   merged = jax.tree_util.tree_map_with_path(pick, params)
+  unknown = [p for p in skip if p not in used]
+  if unknown:
+    raise ValueError(f"argument `skip`: {unknown} name no variable of the model")
   if not taken:
     raise ValueError("argument `source`: no variable in common with the model")
   return merged, taken, fresh

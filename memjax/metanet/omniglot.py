@@ -193,8 +193,7 @@ def warm_start_from_run(params: dict, workdir: str, *, fresh_meta_out_scale: flo
     fresh_set = set(fresh)
 
     def rescale(path, leaf, *marks):
-      name = "/".join(str(getattr(k, "key", k)) for k in path)
-      return leaf * fresh_meta_out_scale if any(marks) and name in fresh_set else leaf
+      return leaf * fresh_meta_out_scale if any(marks) and training.path_name(path) in fresh_set else leaf
     merged = jax.tree_util.tree_map_with_path(rescale, merged, *read_out)
   return merged, taken, fresh
 
