@@ -33,10 +33,10 @@ from memjax.metanet.omniglot import IMAGE_SIZE, NUM_SUPPORT, load_run
 def with_conv_output(params, bias: float | None, weight_scale: float):
   """``params`` with m_conv's output layer replaced: bias ``bias`` (None: kept), weights × ``weight_scale``."""
   conv = dict(params["params"]["meta_example"]["conv"])
-  last = len(conv) // 2 - 1
+  w, b = meta_learners.read_out_names(conv)
   if bias is not None:
-    conv[f"b{last}"] = jnp.full_like(conv[f"b{last}"], bias)
-  conv[f"w{last}"] = conv[f"w{last}"] * weight_scale
+    conv[b] = jnp.full_like(conv[b], bias)
+  conv[w] = conv[w] * weight_scale
   meta = dict(params["params"]["meta_example"], conv=conv)
   return {**params, "params": {**params["params"], "meta_example": meta}}
 

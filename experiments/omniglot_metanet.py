@@ -336,7 +336,8 @@ def warm_start(parser: argparse.ArgumentParser, args, params):
   top = lambda names: sorted({n.split("/")[1] for n in names})  # noqa: E731
   print(f"--init-from {args.init_from}: {len(taken)} arrays ({', '.join(top(taken))}) from its "
         f"last checkpoint; {len(fresh)} as initialised ({', '.join(top(fresh)) or 'none'})"
-        + (f", meta learners' read-out × {args.init_fresh_scale:g}" if fresh else ""), flush=True)
+        + (f", meta learners' read-out × {args.init_fresh_scale:g}"
+           if fresh and args.init_fresh_scale != 1.0 else ""), flush=True)
   return params
 
 

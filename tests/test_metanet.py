@@ -740,6 +740,8 @@ def test_meta_out_mask_marks_the_conv_read_outs_only():
                     "['params']['meta_task']['conv']['b_out']", "['params']['meta_task']['conv']['w_out']"]
   fc = [k for k, v in jax.tree_util.tree_leaves_with_path(meta_learners.meta_out_mask(params, "fc")) if v]
   assert len(fc) == 4
+  assert meta_learners.read_out_names(params["params"]["meta_example"]["conv"]) == ("w2", "b2")
+  assert meta_learners.read_out_names(params["params"]["meta_task"]["conv"]) == ("w_out", "b_out")
   assert meta_learners.meta_out_lr_scale(20) == pytest.approx(1e-3 * np.sqrt(20))
   assert meta_learners.meta_out_lr_scale(20, 0.01) == pytest.approx(0.01 * np.sqrt(20))
 

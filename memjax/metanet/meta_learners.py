@@ -422,6 +422,15 @@ def meta_out_lr_scale(meta_hidden: int = 20, out_std: float = _CONV_META_OUT_STD
   return out_std * float(np.sqrt(meta_hidden))
 
 
+def read_out_names(net: Params) -> tuple[str, str]:
+  """The names of a meta learner's read-out weight and bias: ``('w_out', 'b_out')``
+  for an LSTM (d), ``('w{L}', 'b{L}')`` for an MLP (m) of layers 0..L."""
+  if "w_out" in net:
+    return "w_out", "b_out"
+  last = max(int(k[1:]) for k in net if k[0] == "w" and k[1:].isdigit())
+  return f"w{last}", f"b{last}"
+
+
 def meta_out_mask(params, group: str = "conv"):
   """True on the read-out layer of every meta learner's ``group`` net, else False.
 
@@ -440,11 +449,7 @@ def meta_out_mask(params, group: str = "conv"):
     keys = [getattr(k, "key", None) for k in path]
     if len(keys) != 4 or keys[1] not in ("meta_example", "meta_task") or keys[2] != group:
       return False
-    net = params[keys[0]][keys[1]][group]
-    if "w_out" in net:
-      return keys[3] in ("w_out", "b_out")
-    last = max(int(k[1:]) for k in net if k[0] == "w" and k[1:].isdigit())
-    return keys[3] in (f"w{last}", f"b{last}")
+    return keys[3] in read_out_names(params[keys[0]][keys[1]][group])
   return jax.tree_util.tree_map_with_path(read_out, params)
 
 
