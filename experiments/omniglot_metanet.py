@@ -186,13 +186,14 @@ def build_parser() -> argparse.ArgumentParser:
                       "'summed_norm': the authors' (Chainer GradientClipping(10) on the gradient of the "
                       "query losses summed over the update's episodes and queries): that gradient is "
                       "scaled down to L2 norm --clip where longer")
-  p.add_argument("--conv-meta-out-std", type=positive_float, default=1e-3,
+  p.add_argument("--conv-meta-out-std", type=positive_float, default=MetaNet.conv_meta_out_std,
                  help="std at initialisation of the conv meta learners' read-out layer (the authors': "
                       "1/sqrt(20) ≈ 0.22, which blows the activations up here)")
   p.add_argument("--conv-meta-lr-scale", type=positive_float, default=1.0,
                  help="multiply the Adam steps of the conv meta learners' read-out layer (m's, and d's in "
-                      f"the full model) by this; {meta_out_lr_scale():.4g} gives that layer (init std 1e-3) "
-                      "the step relative to its scale of the authors' (std 1/sqrt(20)); 1 (plain Adam, the "
+                      f"the full model) by this; {meta_out_lr_scale():.4g} gives that layer (init std "
+                      f"{MetaNet.conv_meta_out_std:g}) the step relative to its scale of the authors' "
+                      "(std 1/sqrt(20)); 1 (plain Adam, the "
                       "shipped models): the conv fast weights turn negative in the first updates and stay "
                       "inert (ReLU of a negative kernel on non-negative inputs)")
   p.add_argument("--second-order", action="store_true",
@@ -242,7 +243,7 @@ def parse_args(parser: argparse.ArgumentParser, argv=None) -> argparse.Namespace
   elif args.init_fresh_scale != 1.0 or args.init_skip:
     parser.error(f"{'--init-skip' if args.init_skip else '--init-fresh-scale'} needs --init-from")
   for flag, value, default in (("--conv-meta-lr-scale", args.conv_meta_lr_scale, 1.0),
-                               ("--conv-meta-out-std", args.conv_meta_out_std, 1e-3)):
+                               ("--conv-meta-out-std", args.conv_meta_out_std, MetaNet.conv_meta_out_std)):
     if value != default and (args.fast_layers == "fc" or args.ablate == "slow_only"):
       parser.error(f"{flag}: the model has no conv meta learner (--fast-layers {args.fast_layers}, "
                    f"--ablate {args.ablate})")
