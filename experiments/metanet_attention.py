@@ -56,7 +56,8 @@ def main(argv=None) -> dict:
   images = jnp.asarray(cli.load_omniglot(p, args.data_dir, config["test_split"],
                                          image_size=IMAGE_SIZE)[0])
   # Test episodes are not rotated (as omniglot_metanet.py's evaluation).
-  kw = dict(num_classes=n, num_support=NUM_SUPPORT, num_query=config["num_query"], rotate=False)
+  kw = dict(num_classes=n, num_support=NUM_SUPPORT, num_query=config["num_query"], rotate=False,
+            invert=config.get("invert_images", False))
 
   @jax.jit
   def stats(params, key):

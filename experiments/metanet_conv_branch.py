@@ -20,6 +20,8 @@ for the checkpoint in ``--workdir`` (written by ``omniglot_metanet.py``, whose
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -66,7 +68,9 @@ def main(argv=None) -> dict:
                                          image_size=IMAGE_SIZE)[0])
   evaluate = evaluation.few_shot_evaluator(model, images, num_classes=config["num_classes"],
                                            num_query=config["num_query"], num_support=NUM_SUPPORT,
-                                           rotate=False, sampler=sample_few_shot)
+                                           rotate=False,
+                                           sampler=functools.partial(
+                                               sample_few_shot, invert=config.get("invert_images", False)))
   low, high = conv_output_range(state.params)
   variants = {"as trained": state.params, "conv fast weights 0": with_conv_output(state.params, 0.0, 0.0),
               f"m_conv bias {args.bias:g}": with_conv_output(state.params, args.bias, 1.0)}

@@ -208,6 +208,9 @@ def build_parser() -> argparse.ArgumentParser:
                       "(as it is at K-way test time)")
   p.add_argument("--embedding-loss", choices=EMBEDDING_LOSSES, default="auto",
                  help="representation loss; 'auto': cross-entropy for one example per class")
+  p.add_argument("--invert-images", action="store_true",
+                 help="strokes 0.0 on paper 1.0 (the PNGs' convention), not ink 1.0 on 0.0; "
+                      "train and test episodes alike")
   p.add_argument("--filters", type=positive_int, default=64, help="3×3 filters per conv block")
   p.add_argument("--num-blocks", type=positive_int, default=5, help="conv blocks")
   p.add_argument("--hidden", type=positive_int, default=64, help="units of the FC layer")
@@ -361,7 +364,7 @@ def make_evaluator(model, images, args, chunk: int = 4, num_classes: int | None 
   n = args.num_classes if num_classes is None else num_classes
   return evaluation.few_shot_evaluator(model, images, num_classes=n, num_query=args.num_query,
                                        num_support=NUM_SUPPORT, chunk=chunk, rotate=False,
-                                       sampler=sample_few_shot)
+                                       sampler=functools.partial(sample_few_shot, invert=args.invert_images))
 
 
 def load_state(parser: argparse.ArgumentParser, args, params, optimizer) -> training.TrainState:
@@ -487,7 +490,7 @@ def main(argv=None) -> dict:
   loss_fn = cli.jitter_loss_schedule(args, lambda shift, degrees: episode_loss(  # --jitter-schedule
       model, train_images, batch_size=args.batch_size, num_classes=args.num_classes,
       num_query=args.num_query, rotate=True, sampler=functools.partial(  # rotations: new classes
-          sample_few_shot, max_shift=shift, max_rotation=degrees)))
+          sample_few_shot, max_shift=shift, max_rotation=degrees, invert=args.invert_images)))
 
   def curve(p) -> dict:  # the learning curve's test points: episodes of eval_key(1)
     return dict(zip(("test_accuracy", "test_ci95"),

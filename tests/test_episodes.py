@@ -351,6 +351,24 @@ def test_few_shot_jitter_moves_pixels_only():
   assert np.all((np.asarray(spun.query) >= 0.0) & (np.asarray(spun.query) <= 1.0 + 1e-6))
 
 
+def test_few_shot_invert_is_one_minus_the_episode_after_the_jitter():
+  """``invert`` gives 1 - x of the same episode (same key), the jitter's zero fill included:
+  with ink images (paper 0) every shifted-in pixel of an inverted image is paper 1."""
+  rng = np.random.default_rng(3)
+  images = jnp.asarray(rng.random((C, K, H, H), dtype=np.float32))
+  kw = dict(batch_size=3, num_classes=N, num_support=1, num_query=2, max_shift=2, max_rotation=10.0)
+  plain = ep.sample_few_shot(jax.random.key(5), images, **kw)
+  flipped = ep.sample_few_shot(jax.random.key(5), images, invert=True, **kw)
+  for name in ("support", "query"):
+    np.testing.assert_allclose(getattr(flipped, name), 1 - np.asarray(getattr(plain, name)), atol=1e-6)
+  for name in ("support_labels", "query_labels"):
+    np.testing.assert_array_equal(getattr(flipped, name), getattr(plain, name))
+  blank = ep.sample_few_shot(jax.random.key(5), jnp.zeros_like(images), invert=True, **kw)
+  np.testing.assert_array_equal(blank.query, np.ones_like(blank.query))  # paper everywhere
+  with pytest.raises(ValueError, match="invert"):
+    ep.sample_few_shot(jax.random.key(0), images, batch_size=1, num_classes=N, invert=1)
+
+
 @pytest.mark.parametrize("bad", [dict(max_shift=-1), dict(max_shift=1.5), dict(max_rotation=-1.0),
                                  dict(max_rotation=181.0), dict(max_rotation=True)])
 def test_few_shot_jitter_bad_arguments(bad):

@@ -608,7 +608,8 @@ def test_experiment_smoke(omniglot_dir, tmp_path, monkeypatch, capsys):
   sampler = module.sample_few_shot
 
   def recording(key, images, **kw):
-    calls.append((int(images.shape[0]), kw["rotate"], kw.get("max_shift", 0), kw.get("max_rotation", 0)))
+    calls.append((int(images.shape[0]), kw["rotate"], kw.get("max_shift", 0), kw.get("max_rotation", 0),
+                  kw.get("invert", False)))
     return sampler(key, images, **kw)
 
   monkeypatch.setattr(module, "sample_few_shot", recording)
@@ -630,8 +631,8 @@ def test_experiment_smoke(omniglot_dir, tmp_path, monkeypatch, capsys):
   assert (tmp_path / "learning_curve.png").exists()
   # Training episodes are rotated and jittered (small1, 136 characters), test episodes neither
   # (small2, 156).
-  assert {c for c in calls if c[0] == 136} == {(136, True, 2, 11.25)}
-  assert {c for c in calls if c[0] == 156} == {(156, False, 0, 0)}
+  assert {c for c in calls if c[0] == 136} == {(136, True, 2, 11.25, False)}
+  assert {c for c in calls if c[0] == 156} == {(156, False, 0, 0, False)}
   assert (saved["config"]["max_shift"], saved["config"]["max_rotation"]) == (2, 11.25)
   # K-way tests (Table 4): K != N through a K-way softmax layer of fast weights only.
   kw = saved["k_way"]
@@ -760,6 +761,31 @@ def test_conv_meta_out_std_sets_the_conv_read_outs_init_only():
   for bad in (0.0, -1e-3, True):
     with pytest.raises(ValueError, match="conv_meta_out_std"):
       MetaNet(**kw, conv_meta_out_std=bad).init(jax.random.key(0), method=MetaNet.init_params)
+
+
+def test_experiment_invert_images_inverts_train_and_test_episodes(omniglot_dir, tmp_path, monkeypatch):
+  """--invert-images reaches every sampler call (training, curve, final test, --eval-only)
+  and is recorded in config.json."""
+  module = experiment()
+  inverts = []
+  sampler = module.sample_few_shot
+
+  def recording(key, images, **kw):
+    inverts.append((int(images.shape[0]), kw.get("invert", False)))
+    return sampler(key, images, **kw)
+
+  monkeypatch.setattr(module, "sample_few_shot", recording)
+  common = ["--data-dir", str(omniglot_dir), "--workdir", str(tmp_path), "--no-progress", "--no-plots",
+            "--eval-episodes", "2"]
+  module.main(common + ["--filters", "4", "--num-blocks", "1", "--hidden", "8", "--fast-layers", "fc",
+                        "--ablate", "no_task", "--num-query", "2", "--train-split", "small1",
+                        "--test-split", "small2", "--steps", "2", "--eval-every", "1",
+                        "--curve-episodes", "2", "--invert-images"])
+  assert json.loads((tmp_path / "config.json").read_text())["invert_images"] is True
+  assert {n for n, _ in inverts} == {136, 156} and all(flag for _, flag in inverts)
+  inverts.clear()
+  module.main(common + ["--eval-only"])
+  assert inverts and all(flag for _, flag in inverts)
 
 
 @pytest.mark.parametrize("clip_mode", ["component", "summed_norm"])

@@ -305,11 +305,11 @@ def sample_mann_episodes(key: jax.Array, images: jax.Array, *, batch_size: int,
 
 
 @functools.partial(jax.jit, static_argnames=("batch_size", "num_classes", "num_support",
-                                             "num_query", "rotate", "max_shift", "max_rotation"))
+                                             "num_query", "rotate", "max_shift", "max_rotation", "invert"))
 def sample_few_shot(key: jax.Array, images: jax.Array, *, batch_size: int, num_classes: int,
                     num_support: int = 1, num_query: int = 10,
                     rotate: bool = True, max_shift: int = 0,
-                    max_rotation: float = 0.0) -> FewShotEpisode:
+                    max_rotation: float = 0.0, invert: bool = False) -> FewShotEpisode:
   """Samples a batch of N-way few-shot episodes, on device.
 
   Per episode: ``num_classes`` distinct characters (each randomly rotated by a
@@ -336,6 +336,10 @@ def sample_few_shot(key: jax.Array, images: jax.Array, *, batch_size: int, num_c
       ``fold_in(key, 1)``, so the characters, drawers, labels and order of an
       episode are those of the same key without jitter (and with both 0 the
       episodes are exactly the unjittered ones).
+    invert: return ``1 - x`` for every image ``x``, after the rotations and
+      the jitter (so their zero fill becomes background too): strokes 0.0 on
+      paper 1.0, the release's PNG convention, for ink images of
+      :func:`memjax.data.omniglot.preprocess` (strokes 1.0 on paper 0.0).
 
   Returns:
     A :class:`FewShotEpisode`: ``support [B, N*S, H, W, 1]``, ``support_labels``
@@ -357,6 +361,8 @@ def sample_few_shot(key: jax.Array, images: jax.Array, *, batch_size: int, num_c
     raise ValueError(f"arguments `num_support` + `num_query`: expected at most the {k} drawers "
                      f"of `images`, got {ns} + {nq} = {ns + nq}")
   max_shift, max_rotation = _check_jitter(max_shift, max_rotation)
+  if not isinstance(invert, (bool, np.bool_)):
+    raise ValueError(f"argument `invert`: expected a bool, got {invert!r}")
 
   num_draws = _pick_draws(c, k, n, ns + nq) + n * ns + n * nq
   t = n * (ns + nq)
@@ -367,6 +373,8 @@ def sample_few_shot(key: jax.Array, images: jax.Array, *, batch_size: int, num_c
     x = _pick(draws, images, n, ns + nq, rotate)  # [N, S+Q, H, W]
     if max_shift or max_rotation:
       x = _jitter(_Draws(v), x.reshape(t, h, w), max_shift, max_rotation).reshape(x.shape)
+    if invert:
+      x = 1 - x
     sup_perm = _distinct(draws.take(n * ns), n * ns)
     qry_perm = _distinct(draws.take(n * nq), n * nq)
     support = x[:, :ns].reshape(n * ns, h, w)[sup_perm]
