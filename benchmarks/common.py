@@ -20,13 +20,18 @@ What "timing done right" means here:
 
 from __future__ import annotations
 
+import collections
 import dataclasses
+import glob
+import gzip
 import json
 import math
 import os
 import platform
+import re
 import statistics
 import sys
+import tempfile
 import time
 from typing import Any, Callable, Sequence
 
@@ -186,19 +191,23 @@ def compare_variants(build: Callable[[str], tuple], variants: Sequence[str], *, 
 
 
 def write_variants_report(out: str, name: str, title: str, headers: Sequence[str],
-                          cells: Sequence[Sequence[Any]], rows: list[dict]) -> str:
+                          cells: Sequence[Sequence[Any]], rows: list[dict], *,
+                          extra_lines: Sequence[str] | None = None, extra: dict | None = None) -> str:
   """Writes ``NAME.md`` (the environment and a table of variants) and ``NAME.json`` to ``out``.
 
   The table's ``first loss`` column is the loss of each variant's first step (the
-  same batch for every variant). Prints the markdown and returns it.
+  same batch for every variant); ``extra_lines`` (markdown) follow the table and
+  ``extra``'s keys join the JSON. Prints the markdown and returns it.
   """
   env = environment()
   text = (f"# {title}\n\n" + environment_markdown(env)
           + "\n\nMedians of alternating runs; `first loss` is the loss of the first step (the same batch for "
           "every variant).\n\n" + markdown_table(headers, cells) + "\n")
+  if extra_lines:
+    text += "\n" + "\n".join(extra_lines) + "\n"
   ensure_dir(out)
   write_text(os.path.join(out, f"{name}.md"), text)
-  write_json(os.path.join(out, f"{name}.json"), {"env": env, "rows": rows})
+  write_json(os.path.join(out, f"{name}.json"), {"env": env, "rows": rows, **(extra or {})})
   print(text)
   return text
 
@@ -280,6 +289,59 @@ class TorchReference:
     for _ in range(steps):
       self.trainer.step()
     return time.perf_counter() - t0
+
+
+def profile_step(js: TrainStep, steps: int = 3, top: int = 15) -> list[dict]:
+  """Top XLA ops of a compiled train step by time, from a ``jax.profiler`` trace of ``steps`` steps.
+
+  Each op is mapped to its HLO shape and the JAX operation it came from; ``calls_per_step``
+  counts how often it ran per step (an op inside a ``lax.scan`` body runs once per
+  iteration). The profiler adds its own cost per op, so the shares are the figure to read,
+  not the absolute times.
+  """
+  import jax
+  hlo = js.executable.as_text()
+  js.run(1)
+  with tempfile.TemporaryDirectory() as d:
+    with jax.profiler.trace(d, create_perfetto_trace=True):
+      js.run(steps)
+    paths = glob.glob(os.path.join(d, "**", "*perfetto_trace.json.gz"), recursive=True)
+    if not paths:
+      return []
+    with gzip.open(paths[0]) as f:
+      trace = json.load(f)
+  events = trace["traceEvents"] if isinstance(trace, dict) else trace
+  durs = collections.defaultdict(list)
+  for e in events:
+    if e.get("ph") == "X" and not e["name"].startswith(("$", "ThunkExecutor", "SlinkyThreadPool", "PjitFunction",
+                                                          "CommonPjRt", "ParseArguments")):
+      durs[e["name"]].append(e.get("dur", 0.0))
+  # Median duration per call × calls per step: robust to a call that was preempted
+  # (on a loaded machine one call can absorb a whole scheduler time slice).
+  per_step = {name: statistics.median(d) * len(d) / steps for name, d in durs.items()}
+  total = sum(per_step.values()) or 1.0
+  rows = []
+  for name, t in sorted(per_step.items(), key=lambda kv: -kv[1])[:top]:
+    line = re.search(r"%" + re.escape(name) + r" = ([^\n]*)", hlo)
+    shape = op_name = None
+    if line:
+      shape = line.group(1).split(" ", 1)[0]
+      if shape.startswith("("):
+        shape = "tuple"
+      mm = re.search(r'op_name="([^"]*)"', line.group(1))
+      op_name = mm.group(1) if mm else None
+    rows.append({"op": name, "ms_per_step": t / 1e3, "share": t / total, "calls_per_step": len(durs[name]) / steps,
+                 "shape": shape, "jax_op": op_name})
+  return rows
+
+
+def profile_markdown(profile: list[dict], what: str) -> list[str]:
+  """Markdown lines for :func:`profile_step`'s rows under a heading naming ``what``."""
+  return [f"## Profile: top XLA ops of the {what}", "",
+          markdown_table(["op", "ms/step", "share", "calls/step", "shape", "from"],
+                         [[r["op"], r["ms_per_step"], f"{100 * r['share']:.1f}%", r["calls_per_step"],
+                           r["shape"], (r["jax_op"] or "")[-70:]] for r in profile],
+                         ["l", "r", "r", "r", "l", "l"]), ""]
 
 
 def _steps_for(seconds_per_step: float, target_s: float) -> int:

@@ -21,6 +21,7 @@ Timed runs alternate (previous, unroll, …, previous, …) in one process; the
 table gives median ms/step, episodes/s and the speed relative to ``previous``.
 
     python -m benchmarks.mann_step --batches 16,64 --out runs/bench_mann_step
+    python -m benchmarks.mann_step --batches 8,16 --variants previous,current --profile 16   # + where the time goes
 """
 
 from __future__ import annotations
@@ -48,13 +49,19 @@ def _autodiff_lrua(enabled: bool):
     memory._lrua_update = custom
 
 
+def _config(batch: int, *, seq_len: int = 50, classes: int = 5, image_size: int = 20, quick: bool = False) -> dict:
+  """:data:`benchmarks.throughput_mann.CONFIG` at this batch (quick: memory 16 × 8, 2 heads, LSTM 16)."""
+  cfg = dict(throughput_mann.CONFIG, batch=batch, seq_len=seq_len, num_classes=classes, image_size=image_size)
+  if quick:
+    cfg.update(memory_size=16, word_size=8, read_heads=2, controller=16)
+  return cfg
+
+
 def build(variant: str, batch: int, *, seq_len: int = 50, classes: int = 5, image_size: int = 20,
           quick: bool = False, seed: int = 0):
   """Compiled Adam step of one variant: ``(step(state) -> (state, loss), state, compile_s, first_loss)``
   (:func:`benchmarks.throughput_mann.build_step`; quick: memory 16 × 8, 2 heads, LSTM 16)."""
-  cfg = dict(throughput_mann.CONFIG, batch=batch, seq_len=seq_len, num_classes=classes, image_size=image_size)
-  if quick:
-    cfg.update(memory_size=16, word_size=8, read_heads=2, controller=16)
+  cfg = _config(batch, seq_len=seq_len, classes=classes, image_size=image_size, quick=quick)
   mesh = None
   if variant == "data_parallel":
     from memjax import training
@@ -63,6 +70,11 @@ def build(variant: str, batch: int, *, seq_len: int = 50, classes: int = 5, imag
     js = throughput_mann.build_step(cfg, seed, unroll=variant in ("unroll", "current", "data_parallel"), mesh=mesh)
   state, loss, _, _ = js.executable(js.state)
   return js.executable, state, js.compiled.total_s, float(loss)
+
+
+def profile(batch: int, *, quick: bool, steps: int = 3, top: int = 15) -> list[dict]:
+  """Top XLA ops of the ``current`` step at ``batch`` (:func:`benchmarks.common.profile_step`)."""
+  return common.profile_step(throughput_mann.build_step(_config(batch, quick=quick)), steps=steps, top=top)
 
 
 def compare(batch: int, variants, *, rounds: int, run_s: float, quick: bool) -> list[dict]:
@@ -83,9 +95,13 @@ def main(argv=None) -> list[dict]:
   p.add_argument("--devices", type=int, default=2,
                  help="host CPU devices for the data_parallel variant (default 2; sets "
                       "--xla_force_host_platform_device_count unless XLA_FLAGS already does)")
+  p.add_argument("--profile", type=int, default=None, metavar="BATCH",
+                 help="also list the top XLA ops of the current step at this batch (a jax.profiler trace)")
   p.add_argument("--out", default="runs/bench_mann_step")
   args = p.parse_args(argv)
   variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+  if args.profile is not None and args.profile < 1:
+    p.error(f"--profile: expected a positive batch size, got {args.profile}")
   if sorted(set(variants) - set(VARIANTS)) or variants[:1] != ["previous"]:
     p.error(f"--variants: expected 'previous' first, then any of {VARIANTS}; got {variants}")
   q = args.quick
@@ -109,11 +125,17 @@ def main(argv=None) -> list[dict]:
                     quick=q)
     common.log(f"batch {b}: " + ", ".join(f"{r['variant']} {r['speed_vs_previous']:.2f}×"
                                          for r in rows[-len(variants):]))
+  extra = None
+  if args.profile is not None:
+    prof = profile(args.profile, quick=q)
+    extra = {"profile": prof, "profile_batch": args.profile}
   common.write_variants_report(
       args.out, "mann_step", "MANN Omniglot train step: current vs previous",
       ["batch", "variant", "ms/step", "episodes/s", "speed vs previous", "compile s", "first loss"],
       [[r["batch"], r["variant"], f"{r['ms_per_step']:.1f}", f"{r['episodes_per_s']:.0f}",
-        f"{r['speed_vs_previous']:.2f}×", f"{r['compile_s']:.1f}", f"{r['first_loss']:.6f}"] for r in rows], rows)
+        f"{r['speed_vs_previous']:.2f}×", f"{r['compile_s']:.1f}", f"{r['first_loss']:.6f}"] for r in rows], rows,
+      extra_lines=common.profile_markdown(prof, f"current step at batch {args.profile}") if extra else None,
+      extra=extra)
   return rows
 
 

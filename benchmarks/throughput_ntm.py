@@ -34,14 +34,8 @@ It also reports
 
 from __future__ import annotations
 
-import collections
 import dataclasses
-import glob
-import gzip
-import json
 import os
-import re
-import statistics
 import tempfile
 from typing import Any
 
@@ -232,47 +226,6 @@ def warm_cache_compile(batch: int, max_length: int, seed: int) -> dict | None:
           "hit_xla_s": hit.compiled.compile_s, "hit_cpu_s": hit.compile_cpu_s}
 
 
-def profile_step(js: NTMStep, steps: int = 3, top: int = 15) -> list[dict]:
-  """Top XLA ops of the memjax train step by time, from a jax.profiler trace.
-
-  Each op is mapped to its HLO shape and the JAX operation it came from.
-  """
-  import jax
-  hlo = js.executable.as_text()
-  js.run(1)
-  with tempfile.TemporaryDirectory() as d:
-    with jax.profiler.trace(d, create_perfetto_trace=True):
-      js.run(steps)
-    paths = glob.glob(os.path.join(d, "**", "*perfetto_trace.json.gz"), recursive=True)
-    if not paths:
-      return []
-    with gzip.open(paths[0]) as f:
-      trace = json.load(f)
-  events = trace["traceEvents"] if isinstance(trace, dict) else trace
-  durs = collections.defaultdict(list)
-  for e in events:
-    if e.get("ph") == "X" and not e["name"].startswith(("$", "ThunkExecutor", "SlinkyThreadPool", "PjitFunction",
-                                                          "CommonPjRt", "ParseArguments")):
-      durs[e["name"]].append(e.get("dur", 0.0))
-  # Median duration per call × calls per step: robust to a call that was preempted
-  # (on a loaded machine one call can absorb a whole scheduler time slice).
-  per_step = {name: statistics.median(d) * len(d) / steps for name, d in durs.items()}
-  total = sum(per_step.values()) or 1.0
-  rows = []
-  for name, t in sorted(per_step.items(), key=lambda kv: -kv[1])[:top]:
-    line = re.search(r"%" + re.escape(name) + r" = ([^\n]*)", hlo)
-    shape = op_name = None
-    if line:
-      shape = line.group(1).split(" ", 1)[0]
-      if shape.startswith("("):
-        shape = "tuple"
-      mm = re.search(r'op_name="([^"]*)"', line.group(1))
-      op_name = mm.group(1) if mm else None
-    rows.append({"op": name, "ms_per_step": t / 1e3, "share": t / total, "calls_per_step": len(durs[name]) / steps,
-                 "shape": shape, "jax_op": op_name})
-  return rows
-
-
 def _compile_row(js: NTMStep) -> dict:
   return {"max_length": js.max_length, "seq_len": js.seq_len, "batch": js.batch,
           "compile_s": js.compiled.total_s, "lower_s": js.compiled.lower_s,
@@ -345,7 +298,7 @@ def measure(*, quick: bool, batches: list[int], max_length: int, rounds: int, ru
 
   if profile is not None:
     js = steps.get(profile) or build_step(profile, max_length, seed=seed)
-    res["profile"] = profile_step(js)
+    res["profile"] = common.profile_step(js)
     res["profile_batch"] = profile
 
   if not quick:
@@ -483,10 +436,5 @@ def markdown_lines(res: dict, env: dict, peaks: common.Peaks) -> list[str]:
       lines += [f"## Scaling with {'T' if var == 'seq_len' else 'N'} (memjax)", "",
                 common.markdown_table([var, "batch", "ms/step", "GFLOP/step (hand)", "GFLOP/s"], rows), ""]
   if res.get("profile"):
-    p = res["profile"]
-    lines += [f"## Profile: top XLA ops of the memjax step at batch {res['profile_batch']}", "",
-              common.markdown_table(["op", "ms/step", "share", "calls/step", "shape", "from"],
-                                    [[r["op"], r["ms_per_step"], f"{100 * r['share']:.1f}%", r["calls_per_step"],
-                                      r["shape"], (r["jax_op"] or "")[-70:]] for r in p],
-                                    ["l", "r", "r", "r", "l", "l"]), ""]
+    lines += common.profile_markdown(res["profile"], f"memjax step at batch {res['profile_batch']}")
   return lines

@@ -337,6 +337,21 @@ def test_mann_step_benchmark_quick(tmp_path):
   assert (tmp_path / "mann_step.md").exists()
 
 
+def test_mann_step_profile_lists_the_scan_body_ops(tmp_path):
+  """``--profile B`` traces the current step: ops of the 50-step scan bodies run ≥ 50 times per
+  step, the shares are fractions of one total, and the report gets a profile section."""
+  from benchmarks import mann_step
+  mann_step.main(["--quick", "--variants", "previous", "--profile", "2", "--out", str(tmp_path)])
+  prof = json.loads((tmp_path / "mann_step.json").read_text())["profile"]
+  assert prof and all(r["op"] and r["ms_per_step"] >= 0 and 0 <= r["share"] <= 1 for r in prof)
+  assert sum(r["share"] for r in prof) <= 1 + 1e-9
+  assert max(r["calls_per_step"] for r in prof) >= 50  # inside the lax.scan over the episode's 50 steps
+  assert "## Profile: top XLA ops of the current step at batch 2" in (tmp_path / "mann_step.md").read_text()
+  with pytest.raises(SystemExit) as e:
+    mann_step.main(["--quick", "--variants", "previous", "--profile", "0", "--out", str(tmp_path)])
+  assert e.value.code == 2
+
+
 def test_mann_step_data_parallel_variant_same_first_loss(tmp_path):
   """The data_parallel variant (2 host devices, set by the benchmark itself before JAX starts)
   trains the same first step as the single-device current step; a fresh process, since
