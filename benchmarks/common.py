@@ -312,9 +312,11 @@ def profile_step(js: TrainStep, steps: int = 3, top: int = 15) -> list[dict]:
       trace = json.load(f)
   events = trace["traceEvents"] if isinstance(trace, dict) else trace
   durs = collections.defaultdict(list)
+  # Python frames ("$…"), the runtime's own spans, the "end: OP" markers of async ops and
+  # "Wait" spans are not XLA ops.
   for e in events:
     if e.get("ph") == "X" and not e["name"].startswith(("$", "ThunkExecutor", "SlinkyThreadPool", "PjitFunction",
-                                                          "CommonPjRt", "ParseArguments")):
+                                                          "CommonPjRt", "ParseArguments", "end: ", "Wait")):
       durs[e["name"]].append(e.get("dur", 0.0))
   # Median duration per call × calls per step: robust to a call that was preempted
   # (on a loaded machine one call can absorb a whole scheduler time slice).
