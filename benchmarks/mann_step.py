@@ -125,16 +125,17 @@ def main(argv=None) -> list[dict]:
                     quick=q)
     common.log(f"batch {b}: " + ", ".join(f"{r['variant']} {r['speed_vs_previous']:.2f}×"
                                          for r in rows[-len(variants):]))
-  extra = None
+  extra = extra_lines = None
   if args.profile is not None:
     prof = profile(args.profile, quick=q)
     extra = {"profile": prof, "profile_batch": args.profile}
+    extra_lines = common.profile_markdown(prof, f"current step at batch {args.profile}")
   common.write_variants_report(
       args.out, "mann_step", "MANN Omniglot train step: current vs previous",
       ["batch", "variant", "ms/step", "episodes/s", "speed vs previous", "compile s", "first loss"],
       [[r["batch"], r["variant"], f"{r['ms_per_step']:.1f}", f"{r['episodes_per_s']:.0f}",
         f"{r['speed_vs_previous']:.2f}×", f"{r['compile_s']:.1f}", f"{r['first_loss']:.6f}"] for r in rows], rows,
-      extra_lines=common.profile_markdown(prof, f"current step at batch {args.profile}") if extra else None,
+      extra_lines=extra_lines,
       extra=extra)
   return rows
 
