@@ -803,7 +803,8 @@ class Run:
   As a context manager it handles Ctrl-C and SIGTERM: the first signal during
   :meth:`fit` ends training after the current step with a checkpoint; during
   :meth:`step` it abandons that step; later steps are skipped unless
-  ``always``. :meth:`write_results` then records ``"interrupted": true``, and
+  ``always``. :meth:`write_results` then records ``"interrupted": true`` (beside,
+  not over, the results of a finished invocation that a resume continues), and
   leaving the ``with`` block prints where the results are and exits with
   ``128 + signal`` (130 for SIGINT, 143 for SIGTERM) — no traceback. A second
   signal aborts at once (same exit code). ``--resume`` continues from the
@@ -996,10 +997,28 @@ class Run:
     return os.path.join(self.path, name)
 
   def write_results(self, results: dict, name: str = "results.json") -> str:
-    """Writes ``results`` with ``"interrupted"`` (and the signal) atomically; returns the path."""
-    results = dict(results, interrupted=self.signum is not None)
-    if self.signum is not None:
+    """Writes ``results`` with ``"interrupted"`` (and the signal) atomically; returns the path.
+
+    An interrupted resume never replaces the results of the run it continues:
+    when ``name`` in the folder records a finished invocation (``"interrupted":
+    false``, e.g. the final test at 40,000 steps of a run resumed towards
+    80,000), the partial results go to ``<stem>_interrupted<ext>`` beside it.
+    A finished invocation writes ``name`` and removes that file.
+    """
+    interrupted = self.signum is not None
+    results = dict(results, interrupted=interrupted)
+    if interrupted:
       results["signal"] = signal.Signals(self.signum).name
+    stem, ext = os.path.splitext(name)
+    partial = f"{stem}_interrupted{ext}"
+    if interrupted and self.start_step > 0 and _finished_results(os.path.join(self.path, name)):
+      self.say(f"{name} keeps the results of the finished invocation before this one; "
+               f"this one's partial results go to {partial}")
+      name = partial
+    elif not interrupted and os.path.exists(os.path.join(self.path, partial)):
+      os.remove(os.path.join(self.path, partial))
+      if partial in self.files:
+        self.files.remove(partial)
     path = self.output(name)
     _write_json(path, results)
     return path
@@ -1012,6 +1031,16 @@ class Run:
     if self.signum is not None:
       lines.append(f"interrupted ({signal.Signals(self.signum).name}): continue with --resume")
     return "\n".join(lines)
+
+
+def _finished_results(path: str) -> bool:
+  """Whether ``path`` is a results file of an invocation that was not interrupted."""
+  try:
+    with open(path) as f:
+      saved = json.load(f)
+  except (OSError, ValueError):
+    return False
+  return isinstance(saved, dict) and saved.get("interrupted") is False
 
 
 def _write_json(path: str, obj) -> None:

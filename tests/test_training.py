@@ -273,6 +273,51 @@ def test_run_stops_on_a_signal_with_checkpoint_partial_results_and_exit_code(tmp
   assert json.loads((tmp_path / "run" / "results.json").read_text())["interrupted"] is False
 
 
+def test_an_interrupted_resume_keeps_the_finished_results_it_continues(tmp_path):
+  wd = str(tmp_path / "run")
+  results_path, partial_path = tmp_path / "run" / "results.json", tmp_path / "run" / "results_interrupted.json"
+  with training.Run(wd, {"seed": 0}, verbose=False) as run:  # finished at step 20
+    state, _ = run.fit(regression_loss, PARAMS, optax.sgd(0.01), num_steps=20, progress=False)
+    run.write_results({"steps": int(state.step)})
+  assert json.loads(results_path.read_text()) == {"steps": 20, "interrupted": False}
+
+  def eval_fn(params, step):
+    if step == 30:
+      os.kill(os.getpid(), signal.SIGTERM)  # a resume towards 1000 killed at step 30
+    return {}
+
+  run = training.Run(wd, {"seed": 0}, resume=True, verbose=False)
+  with pytest.raises(SystemExit) as info:
+    with run:
+      state, _ = run.fit(regression_loss, PARAMS, optax.sgd(0.01), num_steps=1000, eval_every=10,
+                         eval_fn=eval_fn, checkpoint_every=500, progress=False)
+      run.write_results({"steps": int(state.step)})
+  assert info.value.code == 143
+  assert json.loads(results_path.read_text()) == {"steps": 20, "interrupted": False}  # kept
+  assert json.loads(partial_path.read_text()) == {"steps": 30, "interrupted": True, "signal": "SIGTERM"}
+  assert "results_interrupted.json" in run.summary()
+  # Interrupted again: the partial results are replaced, the finished ones still kept.
+  run = training.Run(wd, {"seed": 0}, resume=True, verbose=False)
+  with pytest.raises(SystemExit):
+    with run:
+      os.kill(os.getpid(), signal.SIGINT)
+      run.write_results({"steps": run.start_step})
+  assert json.loads(results_path.read_text()) == {"steps": 20, "interrupted": False}
+  assert json.loads(partial_path.read_text())["signal"] == "SIGINT"
+  # Finishing replaces the results and removes the partial ones.
+  with training.Run(wd, {"seed": 0}, resume=True, verbose=False) as run:
+    state, _ = run.fit(regression_loss, PARAMS, optax.sgd(0.01), num_steps=40, progress=False)
+    run.write_results({"steps": int(state.step)})
+  assert json.loads(results_path.read_text()) == {"steps": 40, "interrupted": False}
+  assert not partial_path.exists()
+  # A run interrupted before it ever finished writes results.json as before.
+  with pytest.raises(SystemExit):
+    with training.Run(str(tmp_path / "new"), {"seed": 0}, verbose=False) as run:
+      os.kill(os.getpid(), signal.SIGTERM)
+      run.write_results({})
+  assert json.loads((tmp_path / "new" / "results.json").read_text())["interrupted"] is True
+
+
 def test_lr_history_records_each_new_learning_rate_from_its_resume_step(capsys):
   amend = training.lr_history()
   config = {"lr": 1e-3}
