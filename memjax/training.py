@@ -1017,8 +1017,6 @@ class Run:
       name = partial
     elif not interrupted and os.path.exists(os.path.join(self.path, partial)):
       os.remove(os.path.join(self.path, partial))
-      if partial in self.files:
-        self.files.remove(partial)
     path = self.output(name)
     _write_json(path, results)
     return path
