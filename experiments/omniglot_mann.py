@@ -22,7 +22,9 @@ still accepted (converted to steps by the batch size). Writes ``config.json``,
 ``metrics.jsonl``, checkpoints, ``results.json`` (atomically) and PNGs (accuracy
 vs instance, training curve) to ``--workdir``. Ctrl-C or SIGTERM stops training
 with a checkpoint, partial results (``"interrupted": true``) and plots, exit code
-130/143; ``--resume`` continues.
+130/143; ``--resume`` continues. ``--ema-decay D`` keeps a moving average of the
+parameters (:func:`memjax.training.with_params_ema`) that the evaluations and
+``memjax.pretrained.export`` use; training itself is unchanged.
 """
 
 from __future__ import annotations
@@ -113,6 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
                  help="what each LRUA head writes: 'add' a separate add vector a_t (snowkylin/ntm, "
                       "tristandeleu/ntm-one-shot), 'key' the read key (paper-literal)")
   cli.add_jitter_flags(p)
+  cli.add_ema_flag(p)
   p.add_argument("--image-size", type=positive_int, default=20, help="side of the resized images")
   p.add_argument("--checkpoint-every", type=positive_int, default=500, help="checkpoint every this many steps")
   p.add_argument("--log-every", type=positive_int, default=50, help="metrics line every this many steps")
@@ -168,9 +171,11 @@ def lr_of(config: dict) -> float:
 
 def make_optimizer(args, lr: float) -> optax.GradientTransformation:
   """``--optimizer`` at ``lr`` (times ``--lr-drop-factor`` from step ``--lr-drop-steps`` on,
-  or following ``--lr-schedule``), gradients clipped at ``--clip``."""
+  or following ``--lr-schedule``), gradients clipped at ``--clip``; with ``--ema-decay``, a
+  moving average of the parameters that the evaluations use (:func:`memjax.training.with_params_ema`)."""
   lr = training.step_decay(lr, args.lr_drop_steps, args.lr_drop_factor, args.lr_schedule)
-  return training.make_optimizer(args.optimizer, lr, clip=args.clip)
+  return training.with_params_ema(training.make_optimizer(args.optimizer, lr, clip=args.clip),
+                                  getattr(args, "ema_decay", 0.0))
 
 
 def build_model(args, features: int) -> tuple[nn.RNN, nn.RNNCellBase]:
@@ -253,7 +258,8 @@ def main(argv=None) -> dict:
   config = {k: v for k, v in vars(args).items() if k not in ("resume", "no_progress", "no_plots")}
   run = training.Run(args.workdir, config, resume=args.resume, compare=RESUME_KEYS,
                      defaults={k: parser.get_default(k) for k in RESUME_KEYS}, upgrade=upgrade_config,
-                     amend=[training.lr_history(lr_of), cli.check_jitter_resume], error=parser.error)
+                     amend=[training.lr_history(lr_of), cli.check_jitter_resume, cli.ema_history],
+                     error=parser.error)
 
   def eval_fn(p, step):
     # Training wall time so far, evaluations excluded, resumed invocations included:
@@ -275,7 +281,7 @@ def main(argv=None) -> dict:
         batch_size=args.batch_size, describe=task.describe)
     train_eval_seconds = run.eval_seconds
     final = run.step(f"evaluating on {task.test.num_episodes} test episodes ({args.test_split} split)",
-                     run.evaluate, task.metrics, state.params, prefix="eval_")
+                     run.evaluate, task.metrics, training.averaged_params(state), prefix="eval_")
     results = make_results(args, task, run, int(state.step), final, train_eval_seconds, load_start)
     run.write_results(results)
     print_table(args, task, results)

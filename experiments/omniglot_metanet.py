@@ -12,7 +12,9 @@ training, train on the 1,200 characters of the 1200/423 split (Table 1).
 pixels, a small rotation) to the training episodes, off by default: a training
 recipe choice, not the authors'; test episodes are never jittered.
 ``--jitter-schedule`` changes them at later steps (also on ``--resume``, from
-the checkpoint on).
+the checkpoint on). ``--ema-decay D`` keeps a moving average of the parameters
+(:func:`memjax.training.with_params_ema`) that the learning curve, the final
+tests and ``memjax.pretrained.export`` use; training itself is unchanged.
 
     python experiments/omniglot_metanet.py --data-dir /work/shared/data/omniglot
     python experiments/omniglot_metanet.py --num-classes 20 --workdir runs/metanet_20way
@@ -153,6 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
                  "with --eval-only it may differ from the run's, to score it on such episodes)")
   p.add_argument("--batch-size", type=positive_int, default=1, help="episodes per update")
   cli.add_jitter_flags(p)
+  cli.add_ema_flag(p)
   p.add_argument("--steps", type=positive_int, default=100_000,
                  help="total training steps (updates of --batch-size episodes), counting resumed ones")
   p.add_argument("--max-minutes", type=positive_float, default=60.0,
@@ -303,12 +306,14 @@ def open_run(parser: argparse.ArgumentParser, args, config: dict) -> training.Ru
   ``lr_history``; a new ``--lr-schedule`` (or drop) is accepted where it gives
   the updates already made their rates (:func:`memjax.training.lr_history`), a
   new ``--jitter-schedule`` where it keeps their jitter
-  (:func:`memjax.cli.check_jitter_resume`)."""
-  free = ("workdir", "lr", *training.LR_SCHEDULE_KEYS, *cli.JITTER_KEYS)
+  (:func:`memjax.cli.check_jitter_resume`), and any ``--ema-decay``
+  (:func:`memjax.cli.ema_history`)."""
+  free = ("workdir", "lr", *training.LR_SCHEDULE_KEYS, *cli.JITTER_KEYS, "ema_decay")
   compare = [k for k in config if k not in free]
   return training.Run(args.workdir, config, resume=args.resume, compare=compare,
                       defaults={k: parser.get_default(k) for k in compare},
-                      amend=[training.lr_history(), cli.check_jitter_resume], error=parser.error)
+                      amend=[training.lr_history(), cli.check_jitter_resume, cli.ema_history],
+                      error=parser.error)
 
 
 def make_optimizer(args) -> optax.GradientTransformation:
@@ -520,13 +525,14 @@ def finish(args, config, state, history, evaluate, images, times, run=None) -> d
   step = run.step if run is not None else _announce
   progress = not args.no_progress
   t = time.perf_counter()
+  params = training.averaged_params(state)  # --ema-decay: the parameter average
   acc = step(f"testing {args.num_classes}-way 1-shot on {args.eval_episodes} episodes "
-             f"({args.test_split} split)", evaluate, state.params, args.eval_episodes,
+             f"({args.test_split} split)", evaluate, params, args.eval_episodes,
              training.eval_key(2), progress=progress)
   k_way = {}
   if args.test_num_classes:
     step(f"testing K-way, K = {', '.join(map(str, args.test_num_classes))} (Table 4)", k_way_tests,
-         args, state.params, images[1], acc, k_way, progress)
+         args, params, images[1], acc, k_way, progress)
   times["test"] = time.perf_counter() - t
   results = make_results(args, config, state, history, acc, k_way, images, times,
                          None if run is None else run.path)

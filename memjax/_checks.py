@@ -109,6 +109,10 @@ def unit_float(text) -> float:
   return _number(text, float, "a number in [0, 1]", lambda v: 0 <= v <= 1)
 
 
+def ema_decay(text) -> float:
+  return _number(text, float, "0 (off) or a number in (0, 1)", lambda v: 0 <= v < 1)
+
+
 def rotation_degrees(text) -> float:
   return _number(text, float, "degrees in [0, 180]", lambda v: 0 <= v <= 180)
 

@@ -17,12 +17,12 @@ import os
 import sys
 
 from memjax import training
-from memjax._checks import (int_list, jitter_schedule, lr_schedule, non_negative_float,
+from memjax._checks import (ema_decay, int_list, jitter_schedule, lr_schedule, non_negative_float,
                             non_negative_int, positive_float, positive_int, rotation_degrees,
                             unit_float)
 
-__all__ = ["HelpFormatter", "JITTER_KEYS", "RecordingParser", "add_jitter_flags", "add_lr_drop_flags",
-           "add_run_dir_flags", "check_jitter_resume", "check_lr_flags", "enable_compilation_cache", "int_list",
+__all__ = ["HelpFormatter", "JITTER_KEYS", "RecordingParser", "add_ema_flag", "add_jitter_flags",
+           "add_lr_drop_flags", "add_run_dir_flags", "check_jitter_resume", "ema_decay", "ema_history", "check_lr_flags", "enable_compilation_cache", "int_list",
            "jitter_at", "jitter_loss_schedule", "jitter_phases", "jitter_schedule", "load_omniglot", "lr_schedule",
            "non_negative_float", "non_negative_int", "parser", "positive_float", "positive_int",
            "rotation_degrees", "run", "unit_float", "write_json"]
@@ -163,6 +163,37 @@ def check_jitter_resume(config: dict, old: dict | None, start_step: int) -> None
   if now != was:
     print(f"training jitter from step {start_step} on: max_shift {now[0]}, max_rotation {now[1]:g} "
           f"(was {was[0]}, {was[1]:g})", flush=True)
+
+
+def add_ema_flag(p: argparse.ArgumentParser) -> None:
+  """``--ema-decay``: evaluate an exponential moving average of the parameters
+  (:func:`memjax.training.with_params_ema`); it may change on ``--resume``
+  (:func:`ema_history`)."""
+  p.add_argument("--ema-decay", type=ema_decay, default=0.0, metavar="DECAY",
+                 help="keep an exponential moving average of the parameters (e.g. 0.999: over the "
+                      "last ~1,000 updates) and evaluate it (learning curve, final test, exported "
+                      "weights); training itself is unchanged; 0: off. May be switched on, changed "
+                      "or off on --resume (the average then starts from the checkpoint's parameters)")
+
+
+def ema_history(config: dict, old: dict | None, start_step: int) -> None:
+  """A :class:`memjax.training.Run` ``amend`` for ``ema_decay``: config.json's
+  ``ema_history``, ``[[step, decay from that step on], ...]``, gains an entry
+  where a resume changes ``--ema-decay`` (leave ``ema_decay`` out of the run's
+  ``compare``). The average changes no update, so any change is accepted."""
+  decay = float(config.get("ema_decay") or 0.0)
+  if old is None:
+    config["ema_history"] = [[0, decay]]
+    return
+  was = float(old.get("ema_decay") or 0.0)
+  history = [list(x) for x in old.get("ema_history", [[0, was]])]
+  if decay != was:
+    history = [x for x in history if x[0] < start_step] + [[start_step, decay]]
+    print(f"parameter average from step {start_step} on: "
+          + (f"decay {decay:g}" if decay else "off")
+          + (f" (was {was:g}" + (", continued)" if decay else ")") if was else
+             " (new: starts from the checkpoint's parameters)"), flush=True)
+  config["ema_history"] = history
 
 
 def check_lr_flags(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:

@@ -100,6 +100,72 @@ def make_optimizer(name: str = "rmsprop", learning_rate: float | None = None, *,
   raise ValueError(f"argument `name`: expected 'rmsprop' or 'adam', got {name!r}")
 
 
+class ParamsEmaState(NamedTuple):
+  """The state of :func:`params_ema`.
+
+  Attributes:
+    ema_count: [] int32 updates averaged so far.
+    ema_params: the running average of the parameters (the params' tree and dtypes).
+  """
+  ema_count: jax.Array
+  ema_params: Any
+
+
+def params_ema(decay: float) -> optax.GradientTransformation:
+  """An exponential moving average of the parameters (Polyak averaging), kept in
+  the optimiser state; the updates pass through unchanged.
+
+  Chain it last (:func:`with_params_ema`), so that it sees the final updates:
+  after update n (counting from 0) with new parameters θ_{n+1},
+
+    d_n = min(decay, (1 + n) / (10 + n)),    θ̄ ← d_n · θ̄ + (1 − d_n) · θ_{n+1},
+
+  from θ̄ = θ at :meth:`init` (the warm-up d_n of TensorFlow's
+  ``ExponentialMovingAverage(num_updates=...)``, so the average forgets its
+  start within the first updates rather than over ~1 / (1 − decay) of them).
+  The raw parameters train as without it; :func:`averaged_params` reads θ̄.
+
+  Args:
+    decay: in (0, 1), e.g. 0.999 (an average over the last ~1,000 updates).
+
+  Raises:
+    ValueError: ``decay`` outside (0, 1); ``update`` called without ``params``.
+  """
+  if not 0.0 < decay < 1.0:
+    raise ValueError(f"argument `decay`: expected a float in (0, 1), got {decay!r}")
+
+  def init(params):
+    return ParamsEmaState(jnp.zeros((), jnp.int32), jax.tree.map(jnp.asarray, params))
+
+  def update(updates, state, params=None):
+    if params is None:
+      raise ValueError("params_ema: `update` needs `params` (optax's update(updates, state, params))")
+    new = optax.apply_updates(params, updates)
+    n = state.ema_count.astype(jnp.float32)
+    d = jnp.minimum(jnp.float32(decay), (1.0 + n) / (10.0 + n))
+    ema = jax.tree.map(lambda e, p: (d * e + (1.0 - d) * p).astype(e.dtype), state.ema_params, new)
+    return updates, ParamsEmaState(state.ema_count + 1, ema)
+
+  return optax.GradientTransformation(init, update)
+
+
+def with_params_ema(optimizer: optax.GradientTransformation,
+                    decay: float | None) -> optax.GradientTransformation:
+  """``optimizer`` followed by :func:`params_ema` (``decay`` None or 0: ``optimizer`` itself)."""
+  return optax.chain(optimizer, params_ema(decay)) if decay else optimizer
+
+
+def _is_ema(node) -> bool:
+  return isinstance(node, ParamsEmaState)
+
+
+def averaged_params(state: TrainState):
+  """The parameters to evaluate: the :func:`params_ema` average where the
+  optimiser keeps one, else ``state.params``."""
+  found = [n for n in jax.tree.leaves(state.opt_state, is_leaf=_is_ema) if _is_ema(n)]
+  return found[0].ema_params if found else state.params
+
+
 DATA_AXIS = "data"
 
 
@@ -301,16 +367,22 @@ def _leaf_paths(tree) -> set[tuple]:
 def _with_schedule_counts(saved, like: TrainState, step: int) -> TrainState:
   """``like`` filled from ``saved`` (a checkpoint restored without a target:
   dicts, lists, None for empty states), where the two differ only in learning-rate
-  schedule states: an :class:`optax.ScaleByScheduleState` the checkpoint lacks
-  (the run had a constant rate) counts ``step`` updates, a schedule count the
-  checkpoint has and ``like`` does not (the rate is constant now) is dropped.
+  schedule states or a parameter average: an :class:`optax.ScaleByScheduleState`
+  the checkpoint lacks (the run had a constant rate) counts ``step`` updates, a
+  schedule count the checkpoint has and ``like`` does not (the rate is constant
+  now) is dropped; a :class:`ParamsEmaState` the checkpoint lacks (averaging
+  switched on at the resume) starts from the checkpoint's parameters, one it has
+  and ``like`` does not (switched off) is dropped.
 
   Raises:
     ValueError: any other difference.
   """
+  saved = _ema_switched(saved, like)
   is_sched = lambda x: isinstance(x, optax.ScaleByScheduleState)  # noqa: E731
   sched_paths = [tuple(map(_key, path)) for path, node in
                  jax.tree_util.tree_leaves_with_path(like, is_leaf=is_sched) if is_sched(node)]
+  ema_paths = [tuple(map(_key, path)) for path, node in
+               jax.tree_util.tree_leaves_with_path(like, is_leaf=_is_ema) if _is_ema(node)]
   used = set()
 
   def fill(path, leaf):
@@ -320,7 +392,14 @@ def _with_schedule_counts(saved, like: TrainState, step: int) -> TrainState:
     if value is None:
       if any(path[:len(p)] == p for p in sched_paths):
         return jnp.asarray(step, dtype)
-      raise ValueError(f"checkpoint lacks {path}")
+      for p in ema_paths:  # an average started on resume: from the checkpoint's parameters
+        if path[:len(p) + 1] == (*p, "ema_count"):
+          return jnp.zeros(shape, dtype)
+        if path[:len(p) + 1] == (*p, "ema_params"):
+          path, value = ("params", *path[len(p) + 1:]), _lookup(saved, ("params", *path[len(p) + 1:]))
+          break
+      if value is None:
+        raise ValueError(f"checkpoint lacks {path}")
     if tuple(np.shape(value)) != shape or np.dtype(value.dtype) != dtype:
       raise ValueError(f"checkpoint's {path} is {np.shape(value)} {value.dtype}, expected {shape} {dtype}")
     used.add(path)
@@ -331,6 +410,31 @@ def _with_schedule_counts(saved, like: TrainState, step: int) -> TrainState:
   if extra:
     raise ValueError(f"checkpoint has {extra[:3]} that the current state lacks")
   return state
+
+
+def _has_top_ema(opt_state) -> bool:
+  """Whether an optimiser state (typed, or as saved: lists and dicts) is
+  :func:`with_params_ema`'s ``(inner state, average)``."""
+  if isinstance(opt_state, Mapping) and set(opt_state) == {"0", "1"}:
+    opt_state = [opt_state["0"], opt_state["1"]]
+  if not isinstance(opt_state, (list, tuple)) or len(opt_state) != 2:
+    return False
+  last = opt_state[1]
+  return _is_ema(last) or (isinstance(last, Mapping) and {"ema_count", "ema_params"} <= set(last))
+
+
+def _ema_switched(saved, like: TrainState):
+  """``saved`` with its optimiser state in ``like``'s form where a resume switches
+  the parameter average on (the inner state moves under ``opt_state[0]``; the
+  average itself is then missing, filled from the parameters) or off (the
+  average is dropped)."""
+  saved_opt = _lookup(saved, ("opt_state",))
+  on, was = _has_top_ema(like.opt_state), _has_top_ema(saved_opt)
+  if on == was:
+    return saved
+  if on:
+    return {**saved, "opt_state": [saved_opt, {}]}
+  return {**saved, "opt_state": saved_opt["0"] if isinstance(saved_opt, Mapping) else saved_opt[0]}
 
 
 def _read_latest(workdir: str, read: Callable[[_Checkpointer], Any]):
@@ -356,16 +460,33 @@ def load_checkpoint(workdir: str, like: TrainState) -> TrainState:
 def load_checkpoint_params(workdir: str):
   """The parameters of the latest checkpoint :func:`fit` wrote in ``workdir``,
   read without a target (no model or optimiser needed): the saved pytree of
-  dicts and arrays, for :func:`warm_start`.
+  dicts and arrays, for :func:`warm_start`. Where the run averaged its
+  parameters (:func:`with_params_ema`), the average (:func:`averaged_params`).
 
   Raises:
     FileNotFoundError: no checkpoint in ``workdir``.
   """
   saved = _read_latest(workdir, _Checkpointer.restore_saved)
-  params = _lookup(saved, ("params",))
+  params = _saved_ema_params(_lookup(saved, ("opt_state",)))
+  params = _lookup(saved, ("params",)) if params is None else params
   if params is None:
     raise CheckpointMismatchError(f"the latest checkpoint in {os.path.abspath(workdir)} has no `params`")
   return params
+
+
+def _saved_ema_params(tree):
+  """The ``ema_params`` of a :class:`ParamsEmaState` in a checkpoint read without
+  a target (dicts and lists), or None."""
+  if isinstance(tree, Mapping):
+    if "ema_params" in tree and "ema_count" in tree:
+      return tree["ema_params"]
+    tree = list(tree.values())
+  if isinstance(tree, (list, tuple)):
+    for node in tree:
+      found = _saved_ema_params(node)
+      if found is not None:
+        return found
+  return None
 
 
 def warm_start(params, source, skip: Sequence[str] = ()) -> tuple[Any, list[str], list[str]]:
@@ -512,6 +633,8 @@ def fit(loss_fn: LossFn | Sequence[tuple[int, LossFn]], params,
     progress: show a tqdm bar.
     eval_every / eval_fn: every ``eval_every`` steps call ``eval_fn(params,
       step) -> dict``; its values are added to that step's metrics line.
+      ``params`` is :func:`averaged_params` of the state: the parameter
+      average where the optimiser keeps one (:func:`with_params_ema`).
     stop_fn: called with each eval record; True ends training now, an int S
       ends it at the first evaluation at or after step S (the progress bar's
       ETA counts to it); False/None goes on. Training ends after a checkpoint.
@@ -577,7 +700,7 @@ def fit(loss_fn: LossFn | Sequence[tuple[int, LossFn]], params,
       if eval_fn is not None and eval_every and (done % eval_every == 0 or done == num_steps):
         record = record or {"step": done, "loss": float(loss),
                             "wall_time": time.perf_counter() - t0}
-        record.update({k: float(v) for k, v in eval_fn(state.params, done).items()})
+        record.update({k: float(v) for k, v in eval_fn(averaged_params(state), done).items()})
         record["wall_time"] = time.perf_counter() - t0
         verdict = stop_fn(record) if stop_fn is not None else None
         if isinstance(verdict, (bool, np.bool_)) or verdict is None:

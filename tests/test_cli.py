@@ -100,3 +100,29 @@ def test_recording_parser_names_the_flags_given_even_at_their_defaults(capsys):
   plain = cli.parser("Doc.")
   plain.add_argument("--ways", type=int, default=5)
   assert not hasattr(plain.parse_args([]), "given_flags") and type(plain) is argparse.ArgumentParser
+
+
+def test_ema_flag_and_history_record_each_change_from_its_resume_step(capsys):
+  p = argparse.ArgumentParser()
+  cli.add_ema_flag(p)
+  assert p.parse_args([]).ema_decay == 0.0 and p.parse_args(["--ema-decay", "0.999"]).ema_decay == 0.999
+  for bad in ("1", "-0.1", "x"):
+    with pytest.raises(SystemExit):
+      p.parse_args(["--ema-decay", bad])
+  assert "--ema-decay" in capsys.readouterr().err
+  config = {"ema_decay": 0.0}
+  cli.ema_history(config, None, 0)
+  assert config["ema_history"] == [[0, 0.0]]
+  on = {"ema_decay": 0.999}
+  cli.ema_history(on, config, 500)
+  assert on["ema_history"] == [[0, 0.0], [500, 0.999]]
+  assert "parameter average from step 500 on: decay 0.999 (new: starts from the checkpoint's" in (
+      capsys.readouterr().out)
+  same = {"ema_decay": 0.999}
+  cli.ema_history(same, on, 700)
+  assert same["ema_history"] == [[0, 0.0], [500, 0.999]] and capsys.readouterr().out == ""
+  off = {"ema_decay": 0.0}
+  cli.ema_history(off, same, 900)
+  assert off["ema_history"] == [[0, 0.0], [500, 0.999], [900, 0.0]]
+  assert "from step 900 on: off (was 0.999)" in capsys.readouterr().out
+  cli.ema_history({"ema_decay": 0.0}, {}, 100)  # a run saved before the key existed: no average

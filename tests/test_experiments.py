@@ -11,11 +11,12 @@ import sys
 import time
 from pathlib import Path
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from memjax import _checks, cli, reproduce
+from memjax import _checks, cli, pretrained, reproduce, training
 from memjax.pretrained import export
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -207,6 +208,39 @@ def test_an_old_run_folder_with_episode_counts_resumes(omniglot_dir, tmp_path):
   assert json.loads((workdir / "config.json").read_text())["lr_drop_steps"] == 1
   with pytest.raises(SystemExit):  # another schedule on resume is refused
     exp.main(argv + ["--resume", "--steps", "4", "--lr-drop-steps", "2"])
+
+
+def test_mann_ema_decay_switched_on_at_a_resume_is_what_the_run_tests_and_exports(omniglot_dir, tmp_path):
+  """--ema-decay on a resume: config.json records it from that step, the training steps
+  are the run's without it, and the final test and the exported weights are the average."""
+  exp = export.load_experiment("omniglot_mann")
+  argv = lambda wd: tiny_mann(omniglot_dir, wd) + ["--no-plots", "--eval-every", "0"]  # noqa: E731
+  workdir, plain = tmp_path / "run", tmp_path / "plain"
+  exp.main(argv(workdir) + ["--steps", "3"])
+  results = exp.main(argv(workdir) + ["--steps", "6", "--ema-decay", "0.5", "--resume"])
+  raw = exp.main(argv(plain) + ["--steps", "6"])
+  assert json.loads((workdir / "config.json").read_text())["ema_history"] == [[0, 0.0], [3, 0.5]]
+  saved = lambda wd: training._read_latest(str(wd), training._Checkpointer.restore_saved)  # noqa: E731
+  averaged = training.load_checkpoint_params(str(workdir))
+  for a, b in zip(jax.tree.leaves(saved(workdir)["params"]), jax.tree.leaves(saved(plain)["params"])):
+    np.testing.assert_allclose(a, b, rtol=1e-6)  # the same updates
+  assert not np.allclose(jax.tree.leaves(averaged)[0], jax.tree.leaves(saved(workdir)["params"])[0])
+  assert results["eval_loss"] != raw["eval_loss"]  # the test saw other parameters
+  path = export.export_run(workdir, "tiny-mann-ema", table="mann-table1", out_dir=tmp_path / "reg")
+  shipped = pretrained.load_file(path).variables
+  for a, b in zip(jax.tree.leaves(shipped), jax.tree.leaves(averaged)):
+    np.testing.assert_array_equal(a, b)
+
+
+def test_metanet_ema_decay_eval_only_tests_the_same_average(omniglot_dir, tmp_path):
+  exp = export.load_experiment("omniglot_metanet")
+  workdir = tmp_path / "run"
+  argv = [*TINY_METANET, "--data-dir", str(omniglot_dir), "--workdir", str(workdir), "--no-plots"]
+  trained = exp.main(argv + ["--steps", "3", "--ema-decay", "0.5", "--test-num-classes", "3"])
+  assert json.loads((workdir / "config.json").read_text())["ema_history"] == [[0, 0.5]]
+  again = exp.main(["--data-dir", str(omniglot_dir), "--workdir", str(workdir), "--eval-only", "--no-progress",
+                    "--eval-episodes", "4"])
+  assert again["test_episode_accuracies"] == trained["test_episode_accuracies"]
 
 
 @pytest.mark.parametrize("name", ["copy_task", "omniglot_mann", "omniglot_metanet", "reproduce"])

@@ -459,3 +459,80 @@ def test_warm_start_takes_the_checkpoints_shared_variables_and_keeps_the_rest(tm
     training.warm_start({"w": jnp.zeros(4)}, source)
   with pytest.raises(ValueError, match="no variable in common"):
     training.warm_start({"u": jnp.zeros(3)}, source)
+
+
+def _numpy_ema(thetas, decay):
+  """θ̄ after each update from the parameters θ_0, θ_1, … (θ_0 the start), in plain numpy:
+  d_n = min(decay, (1 + n) / (10 + n)), θ̄ ← d_n θ̄ + (1 − d_n) θ_{n+1}."""
+  ema = np.asarray(thetas[0], np.float64)
+  for n, theta in enumerate(thetas[1:]):
+    d = min(decay, (1.0 + n) / (10.0 + n))
+    ema = d * ema + (1.0 - d) * np.asarray(theta, np.float64)
+  return ema
+
+
+def test_params_ema_is_the_warmed_up_moving_average_and_changes_no_update():
+  """with_params_ema(opt, decay): the raw parameters follow opt's updates bit for bit, and the
+  average equals a numpy moving average of the parameters after each update (warm-up d_n)."""
+  base = training.make_optimizer("adam", 0.1)
+  averaged = training.with_params_ema(base, 0.8)
+  assert training.with_params_ema(base, 0.0) is base and training.with_params_ema(base, None) is base
+  params = {"w": jnp.array([1.0, -2.0, 0.5]), "b": jnp.zeros(())}
+  p_raw, s_raw = params, base.init(params)
+  p_avg, s_avg = params, averaged.init(params)
+  seen = [params]
+  for i in range(40):  # past the warm-up: (1 + n) / (10 + n) > 0.8 from n = 32
+    g = jax.grad(lambda p: regression_loss(p, jax.random.key(i))[0])(p_raw)
+    u, s_raw = base.update(g, s_raw, p_raw)
+    p_raw = optax.apply_updates(p_raw, u)
+    u, s_avg = averaged.update(g, s_avg, p_avg)
+    p_avg = optax.apply_updates(p_avg, u)
+    seen.append(p_raw)
+  for a, b in zip(jax.tree.leaves(p_raw), jax.tree.leaves(p_avg)):
+    np.testing.assert_array_equal(a, b)
+  state = training.TrainState(jnp.asarray(40), p_avg, s_avg)
+  ema = training.averaged_params(state)
+  for k in params:
+    np.testing.assert_allclose(ema[k], _numpy_ema([s[k] for s in seen], 0.8), rtol=1e-5, atol=1e-6)
+    assert not np.allclose(ema[k], p_avg[k])  # an average, not the last parameters
+  plain = training.TrainState(jnp.asarray(40), p_raw, s_raw)
+  assert training.averaged_params(plain) is p_raw
+  for bad in (0.0, 1.0, -0.5, 1.5):
+    with pytest.raises(ValueError, match="decay"):
+      training.params_ema(bad)
+  with pytest.raises(ValueError, match="params"):
+    training.params_ema(0.9).update(params, training.params_ema(0.9).init(params))
+
+
+def test_params_ema_survives_resume_and_may_be_switched_on_or_off_there(tmp_path):
+  """fit with an average: a resumed run ends bit for bit where an uninterrupted one does
+  (the average is checkpointed); switched on at a resume it starts from the checkpoint's
+  parameters, switched off it is dropped; eval_fn, load_checkpoint_params and the
+  returned state see the average."""
+  plain = training.make_optimizer("adam", 0.05)
+  averaged = training.with_params_ema(plain, 0.9)
+  seen = []
+  full, _ = training.fit(regression_loss, PARAMS, averaged, num_steps=30, seed=3, progress=False,
+                         eval_every=10, eval_fn=lambda p, s: seen.append((s, p)) or {})
+  assert [s for s, _ in seen] == [10, 20, 30]
+  for a, b in zip(jax.tree.leaves(seen[-1][1]), jax.tree.leaves(training.averaged_params(full))):
+    np.testing.assert_array_equal(a, b)
+  wd = str(tmp_path / "run")
+  kw = dict(seed=3, workdir=wd, checkpoint_every=5, progress=False)
+  training.fit(regression_loss, PARAMS, averaged, num_steps=15, **kw)
+  resumed, _ = training.fit(regression_loss, PARAMS, averaged, num_steps=30, resume=True, **kw)
+  for a, b in zip(jax.tree.leaves(full), jax.tree.leaves(resumed)):
+    np.testing.assert_array_equal(a, b)
+  np.testing.assert_array_equal(training.load_checkpoint_params(wd)["w"],
+                                training.averaged_params(resumed)["w"])
+  # switched off on resume: the raw run goes on as without the average
+  off, _ = training.fit(regression_loss, PARAMS, plain, num_steps=35, resume=True, **kw)
+  assert training.averaged_params(off) is off.params
+  np.testing.assert_array_equal(training.load_checkpoint_params(wd)["w"], off.params["w"])
+  # switched on on resume: the first average is d_0 θ_ckpt + (1 − d_0) θ_new, d_0 = 0.1
+  on, _ = training.fit(regression_loss, PARAMS, averaged, num_steps=36, resume=True, **kw)
+  again, _ = training.fit(regression_loss, PARAMS, plain, num_steps=36, seed=3, progress=False,
+                          workdir=str(tmp_path / "ref"))  # the same raw trajectory, no average
+  np.testing.assert_allclose(on.params["w"], again.params["w"], rtol=1e-6)
+  expected = 0.1 * np.asarray(off.params["w"]) + 0.9 * np.asarray(on.params["w"])
+  np.testing.assert_allclose(training.averaged_params(on)["w"], expected, rtol=1e-6)

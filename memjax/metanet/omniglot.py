@@ -91,7 +91,9 @@ def make_optimizer(config) -> optax.GradientTransformation:
   Adam at ``lr`` (times ``lr_drop_factor`` from step ``lr_drop_steps`` on, or
   following ``lr_schedule``) after clipping (``clip``, ``clip_mode``), its
   steps on the conv meta nets' read-out layers times ``conv_meta_lr_scale``
-  (absent: 1, plain Adam; see :func:`memjax.metanet.meta_learners.meta_out_lr_scale`).
+  (absent: 1, plain Adam; see :func:`memjax.metanet.meta_learners.meta_out_lr_scale`),
+  then, with ``ema_decay`` (absent or 0: none), a moving average of the
+  parameters (:func:`memjax.training.with_params_ema`).
 
   The loss is the mean over the update's B·N·Q query terms (B episodes, N
   classes, Q queries each). ``clip_mode='summed_norm'`` clips as the authors'
@@ -108,7 +110,7 @@ def make_optimizer(config) -> optax.GradientTransformation:
     config: a mapping or namespace with ``lr`` and ``clip``, and optionally
       ``lr_drop_steps``, ``lr_drop_factor``, ``lr_schedule``, ``clip_mode``
       (``'component'`` or ``'summed_norm'``; then ``batch_size``,
-      ``num_classes``, ``num_query``) and ``conv_meta_lr_scale``.
+      ``num_classes``, ``num_query``), ``conv_meta_lr_scale`` and ``ema_decay``.
   """
   lr = training.step_decay(_get(config, "lr"), _get(config, "lr_drop_steps", 0),
                            _get(config, "lr_drop_factor", 0.1), _get(config, "lr_schedule"))
@@ -121,7 +123,7 @@ def make_optimizer(config) -> optax.GradientTransformation:
   scale = _get(config, "conv_meta_lr_scale", 1.0)
   if scale != 1.0:
     opt = optax.chain(opt, optax.masked(optax.scale(scale), meta_out_mask))
-  return opt
+  return training.with_params_ema(opt, _get(config, "ema_decay", 0.0))
 
 
 def build_model(config, num_classes: int | None = None) -> MetaNet:

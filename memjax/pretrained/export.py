@@ -123,13 +123,14 @@ def build_run_model(script: str, module: ModuleType, args: argparse.Namespace):
 
 
 def restore_params(workdir: str | os.PathLike, model, inputs, optimizer):
-  """The parameters and step of the latest checkpoint in ``workdir``."""
+  """The parameters and step of the latest checkpoint in ``workdir`` (the
+  parameter average where the run kept one: :func:`memjax.training.averaged_params`)."""
   from memjax import training
 
   like = jax.eval_shape(lambda k, *xs: training.init_state(model.init(k, *xs), optimizer),
                         jax.random.key(0), *inputs)
   state = training.load_checkpoint(str(workdir), like)
-  return state.params, int(state.step)
+  return training.averaged_params(state), int(state.step)
 
 
 def command_from_config(module: ModuleType, script: str, config: dict) -> list[str]:
