@@ -24,8 +24,9 @@ from memjax._checks import (ema_decay, int_list, jitter_schedule, lr_schedule, n
 __all__ = ["HelpFormatter", "JITTER_KEYS", "RecordingParser", "add_ema_flag", "add_jitter_flags",
            "add_lr_drop_flags", "add_run_dir_flags", "check_jitter_resume", "check_lr_flags", "ema_decay",
            "ema_history", "enable_compilation_cache", "int_list", "jitter_at", "jitter_loss_schedule",
-           "jitter_phases", "jitter_schedule", "load_omniglot", "lr_schedule", "non_negative_float", "non_negative_int", "parser", "positive_float", "positive_int",
-           "rotation_degrees", "run", "unit_float", "write_json"]
+           "jitter_phases", "jitter_schedule", "load_omniglot", "lr_schedule", "non_negative_float",
+           "non_negative_int", "parser", "positive_float", "positive_int", "rotation_degrees", "run",
+           "unit_float", "write_json"]
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
