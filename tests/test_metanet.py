@@ -902,7 +902,7 @@ def test_experiment_resume_and_eval_only_accept_the_workdir_relative_or_absolute
   args = parser.parse_args(["--workdir", absolute, "--resume", "--filters", "8"])
   run = module.open_run(parser, args, module.run_config(parser, args))
   assert run.saved_config == config
-  assert run.config == {**config, "workdir": absolute, "lr_history": [[0, 1e-3]]}
+  assert run.config == {**config, "workdir": absolute, "lr_history": [[0, 1e-3]], "ema_history": [[0, 0.0]]}
 
 
 def test_experiment_resume_with_a_new_lr_records_it_and_refuses_other_changes(tmp_path):
