@@ -175,7 +175,7 @@ def make_optimizer(args, lr: float) -> optax.GradientTransformation:
   moving average of the parameters that the evaluations use (:func:`memjax.training.with_params_ema`)."""
   lr = training.step_decay(lr, args.lr_drop_steps, args.lr_drop_factor, args.lr_schedule)
   return training.with_params_ema(training.make_optimizer(args.optimizer, lr, clip=args.clip),
-                                  getattr(args, "ema_decay", 0.0))
+                                  args.ema_decay)
 
 
 def build_model(args, features: int) -> tuple[nn.RNN, nn.RNNCellBase]:

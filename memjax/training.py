@@ -415,8 +415,6 @@ def _with_schedule_counts(saved, like: TrainState, step: int) -> TrainState:
 def _has_top_ema(opt_state) -> bool:
   """Whether an optimiser state (typed, or as saved: lists and dicts) is
   :func:`with_params_ema`'s ``(inner state, average)``."""
-  if isinstance(opt_state, Mapping) and set(opt_state) == {"0", "1"}:
-    opt_state = [opt_state["0"], opt_state["1"]]
   if not isinstance(opt_state, (list, tuple)) or len(opt_state) != 2:
     return False
   last = opt_state[1]
@@ -434,7 +432,7 @@ def _ema_switched(saved, like: TrainState):
     return saved
   if on:
     return {**saved, "opt_state": [saved_opt, {}]}
-  return {**saved, "opt_state": saved_opt["0"] if isinstance(saved_opt, Mapping) else saved_opt[0]}
+  return {**saved, "opt_state": saved_opt[0]}
 
 
 def _read_latest(workdir: str, read: Callable[[_Checkpointer], Any]):
@@ -467,26 +465,11 @@ def load_checkpoint_params(workdir: str):
     FileNotFoundError: no checkpoint in ``workdir``.
   """
   saved = _read_latest(workdir, _Checkpointer.restore_saved)
-  params = _saved_ema_params(_lookup(saved, ("opt_state",)))
-  params = _lookup(saved, ("params",)) if params is None else params
+  saved_opt = _lookup(saved, ("opt_state",))
+  params = saved_opt[1]["ema_params"] if _has_top_ema(saved_opt) else _lookup(saved, ("params",))
   if params is None:
     raise CheckpointMismatchError(f"the latest checkpoint in {os.path.abspath(workdir)} has no `params`")
   return params
-
-
-def _saved_ema_params(tree):
-  """The ``ema_params`` of a :class:`ParamsEmaState` in a checkpoint read without
-  a target (dicts and lists), or None."""
-  if isinstance(tree, Mapping):
-    if "ema_params" in tree and "ema_count" in tree:
-      return tree["ema_params"]
-    tree = list(tree.values())
-  if isinstance(tree, (list, tuple)):
-    for node in tree:
-      found = _saved_ema_params(node)
-      if found is not None:
-        return found
-  return None
 
 
 def warm_start(params, source, skip: Sequence[str] = ()) -> tuple[Any, list[str], list[str]]:
