@@ -261,7 +261,7 @@ def build_table(results: list[dict], peaks: common.Peaks) -> str:
 
 def plot(results: list[dict], path: str) -> None:
   plt = common.pyplot()
-  names = [k.name for k in KERNELS]
+  names = [k.name for k in KERNELS if any(r["kernel"] == k.name for r in results)]  # those measured (--kernels)
   fig, axes = plt.subplots(2, 4, figsize=(18, 8), sharex=True)
   bs = sorted({r["B"] for r in results})
   ms = sorted({r["M"] for r in results if r["M"] is not None}) + [None]
@@ -285,7 +285,8 @@ def plot(results: list[dict], path: str) -> None:
     ax.set_ylabel("µs / call")
     ax.grid(True, which="both", alpha=0.3)
   handles, labels = axes.flat[0].get_legend_handles_labels()
-  fig.legend(handles, labels, loc="lower center", ncol=min(6, len(labels)), fontsize=8)
+  if labels:
+    fig.legend(handles, labels, loc="lower center", ncol=min(6, len(labels)), fontsize=8)
   fig.suptitle("memjax kernels (vmapped over B, jitted; o) vs numpy (x, faint): median µs per call")
   fig.tight_layout(rect=(0, 0.08, 1, 0.96))
   fig.savefig(path, dpi=110)

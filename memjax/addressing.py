@@ -157,6 +157,10 @@ def ntm_address(memory: jax.Array, key: jax.Array, beta: jax.Array, gate: jax.Ar
   return sharpen(w_s, gamma)
 
 
+_ARGMIN_MAX_N = 8
+"""``least_used`` picks up to this many slots by repeated argmin, more by ``lax.top_k``."""
+
+
 def least_used(usage: jax.Array, n: int) -> jax.Array:
   """Least-used weights (Santoro et al. 2016, §3, w^lu).
 
@@ -164,8 +168,14 @@ def least_used(usage: jax.Array, n: int) -> jax.Array:
   Ties go to the lower index. The result is piecewise constant in ``usage``, so
   its gradient is zero.
 
+  For n ≤ 8 (the paper's n is the number of read heads, 4) the slots are picked
+  by n successive argmins, O(n·N) reductions that XLA's SPMD partitioner splits
+  along any batch axis; ``lax.top_k`` (used for larger n) is a custom call it
+  does not split, so under a data-parallel mesh every LRUA step would all-gather
+  the batch's usage (``tests/test_data_parallel.py``).
+
   Args:
-    usage: [N] usage weights w^u.
+    usage: [N] usage weights w^u (finite).
     n: static number of slots to mark (the paper uses the number of reads).
 
   Returns:
@@ -173,14 +183,20 @@ def least_used(usage: jax.Array, n: int) -> jax.Array:
   """
   usage = _checks.check_shape("usage", usage, (None,))
   n = _checks.check_positive_int("n", n)
-  if n > usage.shape[0]:
-    raise ValueError(f"argument `n`: expected at most N={usage.shape[0]} slots, got {n}")
-  # lax.top_k returns equal elements lower index first, which gives the tie rule;
-  # it orders -0.0 before +0.0, so both zeros are made +0.0 first.
+  size = usage.shape[0]
+  if n > size:
+    raise ValueError(f"argument `n`: expected at most N={size} slots, got {n}")
   usage = jax.lax.stop_gradient(usage)
-  usage = jnp.where(usage == 0, 0.0, usage)
-  _, idx = jax.lax.top_k(-usage, n)
-  return jnp.sum(jax.nn.one_hot(idx, usage.shape[0], dtype=usage.dtype), axis=0)
+  if n > _ARGMIN_MAX_N:
+    # lax.top_k returns equal elements lower index first, which gives the tie rule;
+    # it orders -0.0 before +0.0, so both zeros are made +0.0 first.
+    _, idx = jax.lax.top_k(-jnp.where(usage == 0, 0.0, usage), n)
+    return jnp.sum(jax.nn.one_hot(idx, size, dtype=usage.dtype), axis=0)
+  # argmin returns the first of equal minima (−0.0 == +0.0 there): the tie rule.
+  picked = jnp.zeros(size, bool)
+  for _ in range(n):
+    picked = picked | (jnp.arange(size) == jnp.argmin(jnp.where(picked, jnp.inf, usage)))
+  return picked.astype(usage.dtype)
 
 
 def update_usage(usage: jax.Array, read_weights: jax.Array, write_weights: jax.Array,

@@ -330,6 +330,17 @@ def test_least_used_signed_zero_is_a_tie():
                                 [1, 0, 0])
 
 
+@settings(deadline=None, max_examples=60)
+@given(usage=st.lists(st.one_of(st.sampled_from([0.0, -0.0, 0.5, 1.0]), st.floats(0.0, 3.0, width=32)),
+                      min_size=1, max_size=40), n=st.integers(1, 40))
+def test_property_least_used_matches_reference_both_algorithms(usage, n):
+  """Either algorithm (repeated argmin for n ≤ 8, lax.top_k above) marks the n slots first in
+  the order (usage, index), −0.0 tying with 0.0."""
+  usage = np.asarray(usage, np.float32)
+  n = min(n, len(usage))
+  np.testing.assert_array_equal(np.asarray(J["least_used"](usage, n)), ref.least_used(usage, n))
+
+
 def test_least_used_has_zero_gradient():
   usage = np.array([0.3, 0.1, 0.7, 0.2], np.float32)
   c = np.array([1.0, 2.0, 3.0, 4.0], np.float32)

@@ -86,6 +86,15 @@ def test_addressing_quick(tmp_path):
   assert len(data["results"]) == len(results)
 
 
+def test_addressing_kernel_subset_plots_what_it_measured(tmp_path):
+  """--kernels without the first kernel: the plot used to take its legend from that kernel's
+  (empty) panel and crashed in matplotlib."""
+  out = tmp_path / "addr"
+  res = addressing.main(["--quick", "--kernels", "least_used", "--out", str(out)])
+  assert {r["kernel"] for r in res["results"]} == {"least_used"}
+  assert (out / "addressing.png").stat().st_size > 0
+
+
 def test_throughput_quick(tmp_path):
   """One quick run (one memjax compile): with the torch reference if torch is installed."""
   out = tmp_path / "tp"

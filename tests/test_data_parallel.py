@@ -57,3 +57,42 @@ def test_eight_device_step_equals_one_device_step():
   proc = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True,
                         timeout=300)
   assert proc.returncode == 0 and "OK" in proc.stdout, proc.stdout + proc.stderr
+
+
+MANN_SCRIPT = textwrap.dedent("""
+    import re
+    import jax, jax.numpy as jnp, numpy as np, flax.linen as nn
+    from memjax import MANNCell, mann, training
+    assert jax.device_count() == 8, jax.devices()
+    cell = MANNCell(features=5, memory_size=16, word_size=8, num_read_heads=2, controller_features=16)
+    params = nn.RNN(cell).init(jax.random.key(0), jnp.zeros((1, 12, 30)))
+
+    def loss_fn(p, key):
+      kx, ky = jax.random.split(key)
+      x, y = training.shard_batch((jax.random.uniform(kx, (16, 12, 30)), jax.random.randint(ky, (16, 12), 0, 5)))
+      return mann.mann_loss(mann.unroll(cell, p, x), y), {}
+
+    opt = training.make_optimizer("adam", 1e-2)
+    s1, h1 = training.fit(loss_fn, params, opt, num_steps=3, seed=1, progress=False, log_every=1, mesh=None)
+    s8, h8 = training.fit(loss_fn, params, opt, num_steps=3, seed=1, progress=False, log_every=1,
+                          mesh=training.data_mesh())
+    for a, b in zip(jax.tree.leaves(s1.params), jax.tree.leaves(s8.params)):
+      np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=2e-4, atol=2e-6)
+    np.testing.assert_allclose([r["loss"] for r in h1], [r["loss"] for r in h8], rtol=1e-5)
+    # XLA split the whole sequence over the devices: the only collectives are the
+    # gradients' (and loss's) all-reduces after the loop — no per-step all-gather
+    # of the batch (as lax.top_k's least-used slots caused: XLA does not partition it).
+    hlo = training.make_step(loss_fn, opt, jax.random.key(1), training.data_mesh()).lower(
+        training.replicate(training.init_state(params, opt), training.data_mesh())).compile().as_text()
+    ops = re.findall(r"= [^=]*? (all-gather|all-reduce|all-to-all|collective-permute|reduce-scatter)\\(", hlo)
+    assert "all-reduce" in ops and set(ops) == {"all-reduce"}, sorted(set(ops))
+    assert re.search(r"f32\\[2,16,8\\]", hlo), "the memory was not split 8 ways (2 of 16 episodes per device)"
+    print("OK")
+""")
+
+
+def test_mann_step_splits_over_devices_without_per_step_collectives():
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
+  proc = subprocess.run([sys.executable, "-c", MANN_SCRIPT], env=env, capture_output=True, text=True,
+                        timeout=300)
+  assert proc.returncode == 0 and "OK" in proc.stdout, proc.stdout + proc.stderr
