@@ -249,7 +249,8 @@ class TrainStep:
     return time.perf_counter() - t0
 
 
-def compile_train_step(loss_fn: Callable, params, optimizer, seed: int = 0, mesh=None) -> TrainStep:
+def compile_train_step(loss_fn: Callable, params, optimizer, seed: int = 0, mesh=None, *,
+                       shard_map: bool = False) -> TrainStep:
   """:func:`memjax.training.make_step` of ``loss_fn`` with ``optimizer``, compiled (timed apart).
 
   Args:
@@ -260,13 +261,15 @@ def compile_train_step(loss_fn: Callable, params, optimizer, seed: int = 0, mesh
     mesh: None (one device), or a ``"data"`` mesh (:func:`memjax.training.data_mesh`)
       to run the step data-parallel as :func:`memjax.training.fit` does (the
       state replicated; ``loss_fn`` splits its batch with ``training.shard_batch``).
+    shard_map: with a mesh, every device runs ``loss_fn`` on its slice
+      (``make_step(..., shard_map=True)``), as ``experiments/omniglot_mann.py`` trains.
   """
   import jax
   from memjax import training
   state = training.init_state(params, optimizer)
   if mesh is not None:
     state = training.replicate(state, mesh)
-  step = training.make_step(loss_fn, optimizer, jax.random.key(seed + 1), mesh)
+  step = training.make_step(loss_fn, optimizer, jax.random.key(seed + 1), mesh, shard_map=shard_map)
   cpu0 = time.process_time()
   compiled = compile_fn(step, state)
   cpu = time.process_time() - cpu0

@@ -13,9 +13,12 @@ synthetic episodes. Variants compute the same loss and gradients
 * ``current``: both — what ``experiments/omniglot_mann.py`` trains with;
 * ``data_parallel``: ``current`` with the batch split over ``--devices`` host
   CPU devices (``--xla_force_host_platform_device_count``, the state
-  replicated, gradients all-reduced), as ``omniglot_mann.py`` runs when JAX
-  sees several devices. Whether splitting the 2 cores into 2 devices beats
-  XLA:CPU's own intra-op threads on one is what it measures.
+  replicated, every device running the loss on its slice under ``shard_map``,
+  gradients all-reduced), as ``omniglot_mann.py`` runs when JAX sees several
+  devices. Whether splitting the 2 cores into 2 devices beats XLA:CPU's own
+  intra-op threads on one is what it measures;
+* ``data_parallel_xla``: the same split left to XLA's SPMD partitioner
+  (``training.shard_batch`` marks the batch; ``make_step``'s default).
 
 Timed runs alternate (previous, unroll, …, previous, …) in one process; the
 table gives median ms/step, episodes/s and the speed relative to ``previous``.
@@ -33,7 +36,7 @@ import os
 from benchmarks import common, throughput_mann
 from memjax.cli import int_list
 
-VARIANTS = ("previous", "unroll", "custom_vjp", "current", "data_parallel")
+VARIANTS = ("previous", "unroll", "custom_vjp", "current", "data_parallel", "data_parallel_xla")
 
 
 @contextlib.contextmanager
@@ -63,11 +66,12 @@ def build(variant: str, batch: int, *, seq_len: int = 50, classes: int = 5, imag
   (:func:`benchmarks.throughput_mann.build_step`; quick: memory 16 × 8, 2 heads, LSTM 16)."""
   cfg = _config(batch, seq_len=seq_len, classes=classes, image_size=image_size, quick=quick)
   mesh = None
-  if variant == "data_parallel":
+  if variant.startswith("data_parallel"):
     from memjax import training
     mesh = training.data_mesh()
   with _autodiff_lrua(variant in ("previous", "unroll")):
-    js = throughput_mann.build_step(cfg, seed, unroll=variant in ("unroll", "current", "data_parallel"), mesh=mesh)
+    js = throughput_mann.build_step(cfg, seed, unroll=variant not in ("previous", "custom_vjp"), mesh=mesh,
+                                    shard_map=variant == "data_parallel")
   state, loss, _, _ = js.executable(js.state)
   return js.executable, state, js.compiled.total_s, float(loss)
 
@@ -106,7 +110,7 @@ def main(argv=None) -> list[dict]:
     p.error(f"--variants: expected 'previous' first, then any of {VARIANTS}; got {variants}")
   q = args.quick
   batches = args.batches or ([2] if q else [16, 64])
-  if "data_parallel" in variants:
+  if any(v.startswith("data_parallel") for v in variants):
     if args.devices < 2:
       p.error(f"--devices: expected at least 2 for the data_parallel variant, got {args.devices}")
     flags = os.environ.get("XLA_FLAGS", "")

@@ -56,7 +56,8 @@ def make_cell(cfg: dict):
                        usage_decay=cfg["usage_decay"])
 
 
-def build_step(cfg: dict = CONFIG, seed: int = 0, *, unroll: bool = True, mesh=None) -> common.TrainStep:
+def build_step(cfg: dict = CONFIG, seed: int = 0, *, unroll: bool = True, mesh=None,
+               shard_map: bool = True) -> common.TrainStep:
   """The memjax MANN (LRUA) Omniglot-shaped train step, compiled (compile timed apart).
 
   ``mann.unroll(MANNCell)`` (``nn.RNN``'s logits with the input projection and
@@ -65,7 +66,8 @@ def build_step(cfg: dict = CONFIG, seed: int = 0, *, unroll: bool = True, mesh=N
   :func:`episodes` of T steps drawn on device inside the step,
   ``mann.mann_loss`` (softmax cross-entropy averaged over B·T), Adam 1e-3 after
   clipping every gradient component to ±10 (``training.make_step``). With a
-  ``mesh`` the batch is split over its devices (``training.shard_batch``), as
+  ``mesh`` the batch is split over its devices (``training.shard_batch``), each
+  running the loss on its slice (``shard_map``; False: XLA partitions the step), as
   ``experiments/omniglot_mann.py`` does under several devices.
   """
   import flax.linen as nn
@@ -84,7 +86,7 @@ def build_step(cfg: dict = CONFIG, seed: int = 0, *, unroll: bool = True, mesh=N
     return mann.mann_loss(apply(p, inputs), labels), {}
 
   return common.compile_train_step(loss_fn, params, training.make_optimizer("adam", 1e-3, clip=10.0), seed,
-                                   mesh=mesh)
+                                   mesh=mesh, shard_map=shard_map)
 
 
 def torch_reference(cfg: dict = CONFIG, seed: int = 0) -> common.TorchReference:

@@ -116,6 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
                       "tristandeleu/ntm-one-shot), 'key' the read key (paper-literal)")
   cli.add_jitter_flags(p)
   cli.add_ema_flag(p)
+  cli.add_cpu_devices_flag(p)
   p.add_argument("--image-size", type=positive_int, default=20, help="side of the resized images")
   p.add_argument("--checkpoint-every", type=positive_int, default=500, help="checkpoint every this many steps")
   p.add_argument("--log-every", type=positive_int, default=50, help="metrics line every this many steps")
@@ -249,6 +250,7 @@ class Task:
 def main(argv=None) -> dict:
   parser = build_parser()
   args = parse_args(parser, argv)
+  cli.set_cpu_devices(parser, args.cpu_devices, args.batch_size)
   train_images, test_images = (jnp.asarray(x) for x in cli.load_omniglot(
       parser, args.data_dir, args.train_split, args.test_split, image_size=args.image_size))
   for name, imgs in (("--train-split", train_images), ("--test-split", test_images)):
@@ -278,7 +280,10 @@ def main(argv=None) -> dict:
         seed=args.seed, checkpoint_every=args.checkpoint_every, log_every=args.log_every,
         progress=not args.no_progress,
         eval_every=args.eval_every, eval_fn=eval_fn, max_seconds=args.max_minutes * 60,
-        batch_size=args.batch_size, describe=task.describe)
+        batch_size=args.batch_size, describe=task.describe,
+        # Under several devices each runs the loss on its slice: the loss and the per-instance
+        # accuracies are means over equally weighted episodes (every episode holds N k-th instances).
+        shard_map=True)
     train_eval_seconds = run.eval_seconds
     final = run.step(f"evaluating on {task.test.num_episodes} test episodes ({args.test_split} split)",
                      run.evaluate, task.metrics, training.averaged_params(state), prefix="eval_")
@@ -323,7 +328,8 @@ def make_results(args, task: Task, run: training.Run, steps: int, final: dict | 
       **({"evaluated_at_step": final.get("step")} if final is not None and "step" in final else {}),
       "paper_per_instance_accuracy": (dict(zip([INSTANCE_NAMES[k] for k in INSTANCES],
                                                [v / 100 for v in paper])) if paper else None),
-      "config": run.config, "device": str(jax.devices()[0]), "cpu_count": os.cpu_count(),
+      "config": run.config, "device": str(jax.devices()[0]),
+      "num_devices": jax.device_count(), "cpu_count": os.cpu_count(),
       "load_average_start_end": [load_start, _load_avg()],
       "note": "episodes/hour measured on a shared CPU (other jobs running; see load averages)",
       "date": time.strftime("%Y-%m-%d"),

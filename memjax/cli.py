@@ -21,12 +21,13 @@ from memjax._checks import (ema_decay, int_list, jitter_schedule, lr_schedule, n
                             non_negative_int, positive_float, positive_int, rotation_degrees,
                             unit_float)
 
-__all__ = ["HelpFormatter", "JITTER_KEYS", "RecordingParser", "add_ema_flag", "add_jitter_flags",
+__all__ = ["HelpFormatter", "JITTER_KEYS", "RecordingParser", "add_cpu_devices_flag", "add_ema_flag",
+           "add_jitter_flags",
            "add_lr_drop_flags", "add_run_dir_flags", "check_jitter_resume", "check_lr_flags", "ema_decay",
            "ema_history", "enable_compilation_cache", "int_list", "jitter_at", "jitter_loss_schedule",
            "jitter_phases", "jitter_schedule", "load_omniglot", "lr_schedule", "non_negative_float",
            "non_negative_int", "parser", "positive_float", "positive_int", "rotation_degrees", "run",
-           "unit_float", "write_json"]
+           "set_cpu_devices", "unit_float", "write_json"]
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -175,6 +176,34 @@ def add_ema_flag(p: argparse.ArgumentParser) -> None:
                       "last ~1,000 updates) and evaluate it (learning curve, final test, exported "
                       "weights); training itself is unchanged; 0: off. May be switched on, changed "
                       "or off on --resume (the average then starts from the checkpoint's parameters)")
+
+
+def add_cpu_devices_flag(p: argparse.ArgumentParser) -> None:
+  """``--cpu-devices N``: split the host CPU into N JAX devices and train
+  data-parallel over them (:func:`set_cpu_devices`)."""
+  p.add_argument("--cpu-devices", type=positive_int, default=None, metavar="N",
+                 help="split the host CPU into N JAX devices (jax_num_cpu_devices) and train data-parallel "
+                      "over them, each device on its slice of the batch (which N must divide); on a "
+                      "2-core CPU 2 trains the MANN ~1.2x faster than one device using both cores. "
+                      "None: JAX's default (one CPU device, or what XLA_FLAGS says). Same model and "
+                      "mathematics; the gradients' summation order changes")
+
+
+def set_cpu_devices(parser: argparse.ArgumentParser, n: int | None, batch_size: int) -> None:
+  """Applies ``--cpu-devices``: ``jax_num_cpu_devices = n`` before JAX starts its
+  CPU backend; a clear parser error where ``n`` does not divide ``batch_size`` or
+  the backend already started (then the device count can no longer change)."""
+  if n is None:
+    return
+  if batch_size % n:
+    parser.error(f"--cpu-devices {n}: expected a count that divides --batch-size {batch_size}")
+  import jax
+  try:
+    jax.config.update("jax_num_cpu_devices", n)
+  except RuntimeError as e:
+    if jax.device_count("cpu") != n:
+      parser.error(f"--cpu-devices {n}: JAX's CPU backend already started with {jax.device_count('cpu')} "
+                   f"device(s) in this process ({e}); run the script in a fresh process")
 
 
 def ema_history(config: dict, old: dict | None, start_step: int) -> None:

@@ -74,24 +74,42 @@ MANN_SCRIPT = textwrap.dedent("""
 
     opt = training.make_optimizer("adam", 1e-2)
     s1, h1 = training.fit(loss_fn, params, opt, num_steps=3, seed=1, progress=False, log_every=1, mesh=None)
-    s8, h8 = training.fit(loss_fn, params, opt, num_steps=3, seed=1, progress=False, log_every=1,
-                          mesh=training.data_mesh())
-    for a, b in zip(jax.tree.leaves(s1.params), jax.tree.leaves(s8.params)):
-      np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=2e-4, atol=2e-6)
-    np.testing.assert_allclose([r["loss"] for r in h1], [r["loss"] for r in h8], rtol=1e-5)
-    # XLA split the whole sequence over the devices: the only collectives are the
-    # gradients' (and loss's) all-reduces after the loop — no per-step all-gather
-    # of the batch (as lax.top_k's least-used slots caused: XLA does not partition it).
-    hlo = training.make_step(loss_fn, opt, jax.random.key(1), training.data_mesh()).lower(
-        training.replicate(training.init_state(params, opt), training.data_mesh())).compile().as_text()
-    ops = re.findall(r"= [^=]*? (all-gather|all-reduce|all-to-all|collective-permute|reduce-scatter)\\(", hlo)
-    assert "all-reduce" in ops and set(ops) == {"all-reduce"}, sorted(set(ops))
-    assert re.search(r"f32\\[2,16,8\\]", hlo), "the memory was not split 8 ways (2 of 16 episodes per device)"
+    mesh = training.data_mesh()
+    state = training.replicate(training.init_state(params, opt), mesh)
+    for shard_map in (False, True):
+      s8, h8 = training.fit(loss_fn, params, opt, num_steps=3, seed=1, progress=False, log_every=1,
+                            mesh=mesh, shard_map=shard_map)
+      for a, b in zip(jax.tree.leaves(s1.params), jax.tree.leaves(s8.params)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=2e-4, atol=2e-6)
+      np.testing.assert_allclose([r["loss"] for r in h1], [r["loss"] for r in h8], rtol=1e-5)
+      # Either way the whole sequence is split over the devices: the only collectives are
+      # the gradients' (and loss's) all-reduces after the loop — no per-step all-gather of
+      # the batch (as lax.top_k's least-used slots caused: XLA does not partition it).
+      hlo = training.make_step(loss_fn, opt, jax.random.key(1), mesh, shard_map=shard_map).lower(
+          state).compile().as_text()
+      ops = re.findall(r"\\s(all-gather|all-reduce|all-to-all|collective-permute|reduce-scatter)(?:-start)?\\(", hlo)
+      assert "all-reduce" in ops and set(ops) == {"all-reduce"}, (shard_map, sorted(set(ops)))
+      assert re.search(r"f32\\[2,16,8\\]", hlo), "the memory was not split 8 ways (2 of 16 episodes per device)"
+    # shard_map slices the batch per device: device i keeps examples 2i, 2i+1.
+    def probe(p, key):
+      x = training.shard_batch(jnp.arange(16.0))
+      return jnp.sum(x * jax.lax.axis_index("data")) / 8 + 0.0 * jnp.sum(p["params"]["cell"]["gate"]["bias"]), {}
+    _, loss, _, _ = training.make_step(probe, opt, jax.random.key(1), mesh, shard_map=True)(state)
+    assert float(loss) == sum(i * (4 * i + 1) for i in range(8)) / 64, float(loss)
+    try:
+      training.make_step(loss_fn, opt, jax.random.key(1), jax.sharding.Mesh(np.asarray(jax.devices()), ("x",)),
+                         shard_map=True)
+    except ValueError as e:
+      assert "'data' axis" in str(e), e
+    else:
+      raise AssertionError("shard_map without a 'data' axis should raise")
     print("OK")
 """)
 
 
 def test_mann_step_splits_over_devices_without_per_step_collectives():
+  """The MANN step on 8 devices, XLA-partitioned and under shard_map: equal to one device,
+  split along the batch with no collective inside the time loop."""
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
   proc = subprocess.run([sys.executable, "-c", MANN_SCRIPT], env=env, capture_output=True, text=True,
                         timeout=300)

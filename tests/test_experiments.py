@@ -261,3 +261,27 @@ def test_one_set_of_argument_validators():
   assert reproduce.positive_int is _checks.positive_int
   with pytest.raises(argparse.ArgumentTypeError, match="positive integer"):
     _checks.positive_int("0")
+
+
+def test_mann_cpu_devices_trains_data_parallel_like_one_device(omniglot_dir, tmp_path):
+  """--cpu-devices 2 (a fresh process): 2 JAX CPU devices, each training on its half of the batch;
+  the run's losses are the one-device run's to float tolerance (the same batches, means over the
+  same episodes). A count that does not divide the batch is a clear flag error."""
+  script = str(Path(__file__).resolve().parents[1] / "experiments" / "omniglot_mann.py")
+  losses = {}
+  for n in (None, 2):
+    workdir = tmp_path / f"run{n}"
+    argv = [sys.executable, script, *tiny_mann(omniglot_dir, workdir), "--steps", "4", "--eval-every", "0",
+            "--no-plots", *(["--cpu-devices", str(n)] if n else [])]
+    proc = subprocess.run(argv, env=_env(tmp_path), capture_output=True, text=True, timeout=400)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads((workdir / "config.json").read_text())["cpu_devices"] == n
+    records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    losses[n] = [r["loss"] for r in records if "loss" in r]
+    assert json.loads((workdir / "results.json").read_text())["num_devices"] == (n or 1)
+  assert len(losses[None]) == len(losses[2]) >= 2
+  np.testing.assert_allclose(losses[2], losses[None], rtol=1e-5)
+  exp = export.load_experiment("omniglot_mann")
+  with pytest.raises(SystemExit) as e:
+    exp.main([*tiny_mann(omniglot_dir, tmp_path / "bad"), "--steps", "1", "--cpu-devices", "3"])
+  assert e.value.code == 2
