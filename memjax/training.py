@@ -285,8 +285,9 @@ def make_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, seed_key
   lowers it ahead of time either way.
 
   ``shard_map=True`` is there for speed: on 2 host CPU devices XLA's partitioned
-  MANN loss-and-gradient program ran at 0.7× the ``shard_map`` one with the same
-  per-device work (63.3 vs 44.6 ms; 2-core Intel Xeon, 2026-12-07).
+  MANN train step ran at 1.08–1.17× the pre-speed-work step where the
+  ``shard_map`` one ran at 1.48–1.63× (``python -m benchmarks.mann_step --variants
+  previous,current,data_parallel,data_parallel_xla``; 2-core Intel Xeon, 2026-12-07).
 
   Raises:
     ValueError: ``shard_map`` with a mesh that has no ``"data"`` axis.
