@@ -25,9 +25,15 @@ Flag sets (jaxlib 0.10; names from XLA's ``DebugOptions``):
 * ``onednn``: ``--xla_cpu_use_onednn=true``;
 * ``xnn_greedy``: ``--xla_cpu_experimental_xnn_graph_fusion_mode=XNN_GRAPH_FUSION_MODE_GREEDY``
   (XNNPACK graph fusion of dots with their elementwise neighbours);
-* ``ynn_off_xnn_greedy``: both of those.
+* ``ynn_off_xnn_greedy``: both of those;
+* ``devices2``: ``--xla_force_host_platform_device_count=2`` — the CPU as 2 JAX
+  devices (``--cpu-devices 2``); the MANN step is then the data-parallel one
+  ``omniglot_mann.py`` trains with there (``mann_step``'s ``data_parallel``:
+  each device runs the loss on half the batch, ``shard_map``), its gradients
+  those of that split. (MetaNet− trains one episode per step: on one device.)
 
     python -m benchmarks.xla_flags --models mann,metanet5,metanet20 --rounds 3 --out runs/bench_xla_flags
+    python -m benchmarks.xla_flags --models mann --sets default,devices2 --rounds 3   # --cpu-devices 2
 """
 
 from __future__ import annotations
@@ -50,6 +56,7 @@ SETS = {
     "xnn_greedy": "--xla_cpu_experimental_xnn_graph_fusion_mode=XNN_GRAPH_FUSION_MODE_GREEDY",
     "ynn_off_xnn_greedy": ("--xla_cpu_experimental_ynn_fusion_type= "
                            "--xla_cpu_experimental_xnn_graph_fusion_mode=XNN_GRAPH_FUSION_MODE_GREEDY"),
+    "devices2": "--xla_force_host_platform_device_count=2",
 }
 MODELS = ("mann", "metanet5", "metanet20")
 # Max |g − g_default| / max |g_default| per leaf for "the same mathematics":
@@ -60,17 +67,25 @@ ROOT = str(Path(__file__).resolve().parents[1])
 
 
 def _mann_grads(quick: bool):
-  """Loss and gradients of ``mann.mann_loss`` on one synthetic batch (the step's configuration)."""
+  """Loss and gradients of ``mann.mann_loss`` on one synthetic batch (the step's configuration);
+  under several devices, those of the data-parallel split (every device on its slice, averaged)."""
   import flax.linen as nn
   import jax
   from benchmarks import throughput_mann
-  from memjax import mann
+  from memjax import mann, training
   cfg = throughput_mann.QUICK_CONFIG if quick else throughput_mann.CONFIG
   cell = throughput_mann.make_cell(cfg)
   shape = (cfg["batch"], cfg["seq_len"], cfg["num_classes"], cfg["image_size"])
   x, y = throughput_mann.episodes(jax.random.key(1), *shape)
   params = nn.RNN(cell).init(jax.random.key(0), x)
-  return jax.jit(jax.value_and_grad(lambda p: mann.mann_loss(mann.unroll(cell, p, x), y)))(params)
+
+  def loss_fn(p, key):
+    xs, ys = training.shard_batch((x, y))
+    return mann.mann_loss(mann.unroll(cell, p, xs), ys), {}
+
+  mesh = training.data_mesh() if jax.device_count() > 1 else None
+  (loss, _), grads = jax.jit(training._value_and_grad(loss_fn, mesh))(params, jax.random.key(0))
+  return loss, grads
 
 
 def worker(model: str, quick: bool, grads_path: str) -> dict:
@@ -81,7 +96,8 @@ def worker(model: str, quick: bool, grads_path: str) -> dict:
   t0 = time.perf_counter()
   if model == "mann":
     from benchmarks import mann_step
-    step, state, _, _ = mann_step.build("current", 2 if quick else 16, quick=quick,
+    variant = "data_parallel" if jax.device_count() > 1 else "current"
+    step, state, _, _ = mann_step.build(variant, 2 if quick else 16, quick=quick,
                                         **({"seq_len": 5, "image_size": 8} if quick else {}))
     t = common.time_fn(lambda: step(state)[1], warmup=1, repeats=runs, min_sample_s=target, max_total_s=1e9)
     loss, grads = _mann_grads(quick)
@@ -93,7 +109,8 @@ def worker(model: str, quick: bool, grads_path: str) -> dict:
     loss, grads = ex(params)
   leaves = jax.tree_util.tree_flatten_with_path(grads)[0]
   np.savez(grads_path, **{jax.tree_util.keystr(k): np.asarray(v) for k, v in leaves})
-  return {"ms": 1e3 * t.median, "timing": t.as_dict(), "loss": float(loss), "build_and_time_s": time.perf_counter() - t0}
+  return {"ms": 1e3 * t.median, "timing": t.as_dict(), "loss": float(loss), "devices": jax.device_count(),
+          "build_and_time_s": time.perf_counter() - t0}
 
 
 def _run_worker(model: str, flags: str, quick: bool, grads_path: str) -> dict:
@@ -157,6 +174,7 @@ def main(argv=None) -> list[dict]:
       ms = statistics.median(x["ms"] for x in got[m, s])
       rows.append({"model": m, "set": s, "xla_flags": SETS[s], "ms": ms, "speed_vs_default": base / ms,
                    "per_round_ms": [x["ms"] for x in got[m, s]], "loss": got[m, s][0]["loss"],
+                   "devices": got[m, s][0]["devices"],
                    "grad_max_rel_diff": max_rel_diff(os.path.join(args.out, f"grads_{m}_{s}.npz"), ref)})
   common.write_variants_report(
       args.out, "xla_flags", "XLA:CPU flag sets vs the default (MANN / MetaNet− steps)",

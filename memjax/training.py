@@ -269,6 +269,27 @@ def _checked(loss_fn: LossFn) -> LossFn:
   return checked
 
 
+def _value_and_grad(loss_fn: LossFn, shard_map_mesh: Mesh | None = None):
+  """``(params, key) -> ((loss, metrics), grads)`` of ``loss_fn`` (checked); with a
+  mesh, under ``jax.shard_map``: every device runs ``loss_fn`` on its slice of the
+  batch (:func:`shard_batch`) and the three are averaged over the data axis."""
+  local = jax.value_and_grad(_checked(loss_fn), has_aux=True)
+  if shard_map_mesh is None:
+    return local
+  n = shard_map_mesh.shape[DATA_AXIS]
+
+  def per_device(params, key):
+    token = _DATA_SHARDS.set(n)  # read by shard_batch while loss_fn is traced
+    try:
+      out = local(params, key)
+    finally:
+      _DATA_SHARDS.reset(token)
+    return jax.lax.pmean(out, DATA_AXIS)
+
+  return jax.shard_map(per_device, mesh=shard_map_mesh, in_specs=(PartitionSpec(), PartitionSpec()),
+                       out_specs=PartitionSpec(), axis_names={DATA_AXIS}, check_vma=False)
+
+
 def make_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, seed_key: jax.Array,
               mesh: Mesh | None = None, *, shard_map: bool = False):
   """Returns ``step(state) -> (new_state, loss, metrics, finite)``, jitted.
@@ -292,24 +313,10 @@ def make_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, seed_key
   Raises:
     ValueError: ``shard_map`` with a mesh that has no ``"data"`` axis.
   """
-  local_value_and_grad = jax.value_and_grad(_checked(loss_fn), has_aux=True)
-  value_and_grad = local_value_and_grad
-  if mesh is not None and shard_map:
-    if DATA_AXIS not in mesh.axis_names:
-      raise ValueError(f"argument `mesh`: expected a mesh with a {DATA_AXIS!r} axis for shard_map, got "
-                       f"axes {tuple(mesh.axis_names)}")
-    n = mesh.shape[DATA_AXIS]
-
-    def local(params, key):
-      token = _DATA_SHARDS.set(n)  # read by shard_batch while loss_fn is traced
-      try:
-        out = local_value_and_grad(params, key)
-      finally:
-        _DATA_SHARDS.reset(token)
-      return jax.lax.pmean(out, DATA_AXIS)
-
-    value_and_grad = jax.shard_map(local, mesh=mesh, in_specs=(PartitionSpec(), PartitionSpec()),
-                                   out_specs=PartitionSpec(), axis_names={DATA_AXIS}, check_vma=False)
+  if mesh is not None and shard_map and DATA_AXIS not in mesh.axis_names:
+    raise ValueError(f"argument `mesh`: expected a mesh with a {DATA_AXIS!r} axis for shard_map, got "
+                     f"axes {tuple(mesh.axis_names)}")
+  value_and_grad = _value_and_grad(loss_fn, mesh if shard_map else None)
 
   def step(state: TrainState):
     key = jax.random.fold_in(seed_key, state.step)

@@ -415,13 +415,16 @@ def test_mann_step_autodiff_switch_replaces_the_custom_vjp():
 
 
 def test_xla_flags_benchmark_quick(tmp_path):
-  """Each flag set runs in its own process; ynn_off changes kernels, not the MANN's loss or gradients."""
+  """Each flag set runs in its own process; ynn_off changes kernels, and devices2 splits the batch
+  over 2 devices (the data-parallel step), neither the MANN's loss nor its gradients."""
   from benchmarks import xla_flags
-  rows = xla_flags.main(["--quick", "--models", "mann", "--sets", "default,ynn_off", "--out", str(tmp_path)])
-  assert [(r["model"], r["set"]) for r in rows] == [("mann", "default"), ("mann", "ynn_off")]
+  rows = xla_flags.main(["--quick", "--models", "mann", "--sets", "default,ynn_off,devices2", "--out", str(tmp_path)])
+  assert [(r["model"], r["set"]) for r in rows] == [("mann", "default"), ("mann", "ynn_off"), ("mann", "devices2")]
   assert rows[0]["grad_max_rel_diff"] == 0.0 and rows[0]["speed_vs_default"] == 1.0
-  assert rows[1]["loss"] == pytest.approx(rows[0]["loss"], rel=1e-5)
-  assert 0.0 <= rows[1]["grad_max_rel_diff"] < xla_flags.GRAD_RTOL
+  assert [r["devices"] for r in rows] == [1, 1, 2]
+  for r in rows[1:]:
+    assert r["loss"] == pytest.approx(rows[0]["loss"], rel=1e-5)
+    assert 0.0 <= r["grad_max_rel_diff"] < xla_flags.GRAD_RTOL
   assert all(r["ms"] > 0 for r in rows)
   assert (tmp_path / "xla_flags.md").exists()
 
