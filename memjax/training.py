@@ -220,28 +220,22 @@ def shard_batch(tree):
   Raises:
     ValueError: a batch axis is not divisible by the number of devices.
   """
-  n = _DATA_SHARDS.get()
-  if n is not None:  # inside make_step's shard_map
-    if n == 1:
-      return tree
-    _check_divisible(tree, n)
-    i = jax.lax.axis_index(DATA_AXIS)
-    return jax.tree.map(lambda x: jax.lax.dynamic_slice_in_dim(x, i * (x.shape[0] // n), x.shape[0] // n), tree)
-  mesh = jax.sharding.get_abstract_mesh()
-  if mesh.empty or DATA_AXIS not in mesh.axis_names:
-    return tree
-  n = mesh.shape[DATA_AXIS]
+  manual = _DATA_SHARDS.get()  # inside make_step's shard_map: this device's slice
+  if manual is None:
+    mesh = jax.sharding.get_abstract_mesh()
+    n = 1 if mesh.empty or DATA_AXIS not in mesh.axis_names else mesh.shape[DATA_AXIS]
+  else:
+    n = manual
   if n == 1:
     return tree
-  _check_divisible(tree, n)
-  return jax.tree.map(lambda x: jax.lax.with_sharding_constraint(x, PartitionSpec(DATA_AXIS)), tree)
-
-
-def _check_divisible(tree, n: int) -> None:
   for leaf in jax.tree.leaves(tree):
     if jnp.ndim(leaf) == 0 or jnp.shape(leaf)[0] % n:
       raise ValueError(f"argument `tree`: batch axis of shape {list(jnp.shape(leaf))} cannot be split "
                        f"over {n} devices; use a batch size divisible by {n} or train on one device")
+  if manual is None:
+    return jax.tree.map(lambda x: jax.lax.with_sharding_constraint(x, PartitionSpec(DATA_AXIS)), tree)
+  i = jax.lax.axis_index(DATA_AXIS)
+  return jax.tree.map(lambda x: jax.lax.dynamic_slice_in_dim(x, i * (x.shape[0] // n), x.shape[0] // n), tree)
 
 
 def init_state(params, optimizer: optax.GradientTransformation) -> TrainState:
