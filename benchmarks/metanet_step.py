@@ -99,6 +99,7 @@ from __future__ import annotations
 import argparse
 import collections
 import contextlib
+import functools
 import re
 import statistics
 import time
@@ -265,34 +266,50 @@ def build_step(name: str, n: int, num_query: int, model_kw: dict, params=None, s
 
 
 def float64_loss_and_grads(name: str, n: int, num_query: int, model_kw: dict, params, seed: int = 0):
-  """The variant's loss and gradients in float64 (``jax.enable_x64``), from float32 ``params``."""
+  """The variant's loss and gradients in float64 (``jax.enable_x64``), from float32 ``params``.
+
+  The float64 step is compiled once per (variant, episode, model) and reused
+  for every ``params`` of the same shapes (the one-ulp perturbations of
+  :func:`float32_rounding_error` included).
+  """
   import jax
   import jax.numpy as jnp
-  sx, sy, qx, qy = episode(n, num_query, model_kw["image_shape"], seed)  # float32's episode
+  fn = _float64_step(name, n, num_query, tuple(sorted(model_kw.items())), seed)
   with jax.enable_x64(True):
-    cls, ctx = variant_context(name)
-    model = cls(num_classes=n, **model_kw)
-    p64 = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), params)
-
-    def loss(p):
-      logits = model.apply(p, sx.astype(jnp.float64), sy, qx.astype(jnp.float64))
-      return -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(logits), qy[:, None], -1))
-
+    _, ctx = variant_context(name)
     with ctx:
-      return jax.jit(jax.value_and_grad(loss))(p64)
+      # numpy inputs: one jit cache entry whatever device placement the params had
+      return fn(jax.tree.map(lambda a: np.asarray(a, np.float64), params))
+
+
+@functools.lru_cache(maxsize=None)
+def _float64_step(name: str, n: int, num_query: int, model_items: tuple, seed: int):
+  """The jitted float64 ``value_and_grad`` of the variant's query loss (call it under ``jax.enable_x64``)."""
+  import jax
+  import jax.numpy as jnp
+  model_kw = dict(model_items)
+  sx, sy, qx, qy = episode(n, num_query, model_kw["image_shape"], seed)  # float32's episode
+  cls, _ = variant_context(name)
+  model = cls(num_classes=n, **model_kw)
+
+  def loss(p):
+    logits = model.apply(p, sx.astype(jnp.float64), sy, qx.astype(jnp.float64))
+    return -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(logits), qy[:, None], -1))
+
+  return jax.jit(jax.value_and_grad(loss))
 
 
 def one_ulp_perturbations(params, count: int):
-  """``count`` copies of ``params``, each element × (1 ± 2⁻²³), random signs."""
+  """``count`` copies of ``params``, each element × (1 ± 2⁻²³), random signs (numpy: nothing to compile)."""
   import jax
-  import jax.numpy as jnp
   leaves, tree = jax.tree.flatten(params)
   out = []
   for c in range(count):
-    keys = jax.random.split(jax.random.key(1000 + c), len(leaves))
+    rng = np.random.default_rng(1000 + c)
     out.append(jax.tree.unflatten(tree, [
-        a * (1 + 2.0 ** -23 * jax.random.rademacher(k, a.shape, jnp.float32))
-        for a, k in zip(leaves, keys)]))
+        np.asarray(a, np.float32) * (1 + np.float32(2.0 ** -23) * (2 * rng.integers(0, 2, np.shape(a)) - 1)
+                                     ).astype(np.float32)
+        for a in leaves]))
   return out
 
 
