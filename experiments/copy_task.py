@@ -145,7 +145,8 @@ def main(argv=None) -> dict:
   _, train_kw, gen_lengths, gen_kw = task_config(args)
   model, cell = build_model(args)
   sample = functools.partial(sampler, **train_kw)
-  params = model.init(jax.random.key(args.seed), sample(jax.random.key(0), 1).inputs)
+  # jitted: one compile instead of one per eager op (~4 s less at start-up; the same bits)
+  params = jax.jit(model.init)(jax.random.key(args.seed), sample(jax.random.key(0), 1).inputs)
   config = {k: v for k, v in vars(args).items() if k not in ("resume", "no_progress", "no_plots")}
   run = training.Run(args.workdir, config, resume=args.resume, compare=RESUME_KEYS, error=parser.error)
 
