@@ -83,9 +83,12 @@ total                                        26.0 / 13.4       75.2 / 23.1
   ±15% run-to-run noise of the full step. The reference's own time varies by
   ±20% between runs (memory-bound; 20-way 2.9–4.1 s), so the 20-way ratio has
   read 2.1× to 3.2× in different runs.
-* What is left at 5-way: d (~175 ms of ~420) runs its tile loop on one core
-  (XLA:CPU's while loops execute their small thunks one at a time; two
-  independent loops did not overlap either), and the convolutions of u and b
+* What is left at 5-way: d (~175 ms of ~420) runs its tile loop one kernel
+  at a time (XLA:CPU's while loops execute their thunks in order; each
+  elementwise kernel of a [80, 2048] tile is split over the 2 cores, so d
+  alone keeps 1.85 cores busy, CPU over wall time, Intel Xeon 2026-12-07;
+  two independent loops over halves of the coordinates did not overlap,
+  0.97–1.0× d alone, nor did tiles of 1,024 or 4,096 beat 2,048), and the convolutions of u and b
   on the 55 images (~150 ms). Tried and dropped: unrolling d's 5 steps or a
   hand-written LSTM backward (1.5–2× slower: XLA fuses the straight-line code
   worse), a coordinate-major LSTM tile (1.5× slower), queries in chunks

@@ -26,6 +26,10 @@ Flag sets (jaxlib 0.10; names from XLA's ``DebugOptions``):
 * ``xnn_greedy``: ``--xla_cpu_experimental_xnn_graph_fusion_mode=XNN_GRAPH_FUSION_MODE_GREEDY``
   (XNNPACK graph fusion of dots with their elementwise neighbours);
 * ``ynn_off_xnn_greedy``: both of those;
+* ``vec512``: ``--xla_cpu_prefer_vector_width=512`` (AVX-512 vectors where the
+  CPU has them; XLA:CPU prefers 256-bit ones);
+* ``concurrency_scheduler``: ``--xla_cpu_enable_concurrency_optimized_scheduler=true``
+  (an HLO schedule meant to let independent thunks overlap);
 * ``devices2``: ``--xla_force_host_platform_device_count=2`` — the CPU as 2 JAX
   devices (``--cpu-devices 2``); the MANN step is then the data-parallel one
   ``omniglot_mann.py`` trains with there (``mann_step``'s ``data_parallel``:
@@ -57,6 +61,8 @@ SETS = {
     "ynn_off_xnn_greedy": ("--xla_cpu_experimental_ynn_fusion_type= "
                            "--xla_cpu_experimental_xnn_graph_fusion_mode=XNN_GRAPH_FUSION_MODE_GREEDY"),
     "devices2": "--xla_force_host_platform_device_count=2",
+    "vec512": "--xla_cpu_prefer_vector_width=512",
+    "concurrency_scheduler": "--xla_cpu_enable_concurrency_optimized_scheduler=true",
 }
 MODELS = ("mann", "metanet5", "metanet20")
 # Max |g − g_default| / max |g_default| per leaf for "the same mathematics":
@@ -76,8 +82,8 @@ def _mann_grads(quick: bool):
   cfg = throughput_mann.QUICK_CONFIG if quick else throughput_mann.CONFIG
   cell = throughput_mann.make_cell(cfg)
   shape = (cfg["batch"], cfg["seq_len"], cfg["num_classes"], cfg["image_size"])
-  x, y = throughput_mann.episodes(jax.random.key(1), *shape)
-  params = nn.RNN(cell).init(jax.random.key(0), x)
+  x, y = jax.jit(throughput_mann.episodes, static_argnums=(1, 2, 3, 4))(jax.random.key(1), *shape)
+  params = jax.jit(nn.RNN(cell).init)(jax.random.key(0), x)
 
   def loss_fn(p, key):
     xs, ys = training.shard_batch((x, y))
