@@ -88,13 +88,13 @@ total                                        26.0 / 13.4       75.2 / 23.1
   elementwise kernel of a [80, 2048] tile is split over the 2 cores, so d
   alone keeps 1.85 cores busy, CPU over wall time, Intel Xeon 2026-12-07;
   two independent loops over halves of the coordinates did not overlap,
-  0.97–1.0× d alone, nor did tiles of 1,024 or 4,096 beat 2,048), and the convolutions of u and b
-  on the 55 images (~150 ms). Tried and dropped: unrolling d's 5 steps or a
-  hand-written LSTM backward (1.5–2× slower: XLA fuses the straight-line code
-  worse), a coordinate-major LSTM tile (1.5× slower), queries in chunks
-  through ``lax.map`` (3× slower: inside a loop XLA:CPU uses its plain
-  convolution, not YNNPACK) or unrolled (no gain), a 9-shift convolution for
-  the mixed kernels (1.8× slower backward).
+  0.97–1.0× d alone, nor did tiles of 1,024 or 4,096 beat 2,048), and the
+  convolutions of u and b on the 55 images (~150 ms). Tried and dropped:
+  unrolling d's 5 steps or a hand-written LSTM backward (1.5–2× slower: XLA
+  fuses the straight-line code worse), a coordinate-major LSTM tile (1.5×
+  slower), queries in chunks through ``lax.map`` (3× slower: inside a loop
+  XLA:CPU uses its plain convolution, not YNNPACK) or unrolled (no gain), a
+  9-shift convolution for the mixed kernels (1.8× slower backward).
 """
 
 from __future__ import annotations
@@ -276,7 +276,6 @@ def float64_loss_and_grads(name: str, n: int, num_query: int, model_kw: dict, pa
   :func:`float32_rounding_error` included).
   """
   import jax
-  import jax.numpy as jnp
   fn = _float64_step(name, n, num_query, tuple(sorted(model_kw.items())), seed)
   with jax.enable_x64(True):
     _, ctx = variant_context(name)
