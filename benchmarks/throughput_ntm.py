@@ -83,7 +83,8 @@ def build_step(batch: int, max_length: int = 20, memory_size: int = 128, seed: i
       controller_features=CONFIG["controller"])
   model = nn.RNN(cell, unroll=unroll)
   seq_len = tasks.copy_length(max_length)
-  params = model.init(jax.random.key(seed), jnp.zeros((batch, seq_len, CONFIG["num_inputs"])))
+  # jitted: one compile instead of one per eager op (the same bits)
+  params = jax.jit(model.init)(jax.random.key(seed), jnp.zeros((batch, seq_len, CONFIG["num_inputs"])))
 
   def loss_fn(p, key):
     b = tasks.copy(key, batch, max_length=max_length)
