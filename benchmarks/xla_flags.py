@@ -81,8 +81,7 @@ def _mann_grads(quick: bool):
   from memjax import mann, training
   cfg = throughput_mann.QUICK_CONFIG if quick else throughput_mann.CONFIG
   cell = throughput_mann.make_cell(cfg)
-  shape = (cfg["batch"], cfg["seq_len"], cfg["num_classes"], cfg["image_size"])
-  x, y = jax.jit(throughput_mann.episodes, static_argnums=(1, 2, 3, 4))(jax.random.key(1), *shape)
+  x, y = throughput_mann.sample(jax.random.key(1), cfg)
   params = jax.jit(nn.RNN(cell).init)(jax.random.key(0), x)
 
   def loss_fn(p, key):
